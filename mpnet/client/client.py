@@ -1,0 +1,495 @@
+"""The client: submits tasks, tracks their futures, fetches results.
+
+::
+
+    user threads ── submit/map (pickle here) ──► call_soon_threadsafe ──► loop thread
+                                                                            │ SUBMIT, RELEASE
+    futures ◄── set_result / set_exception ◄── TASK_DONE / TASK_ERRED ◄─────┤ scheduler
+    result() of a large value ── GET_DATA ──► the worker holding it, directly
+
+The client shares the event loop of a :class:`~mpnet.LocalCluster` it is given, or
+runs its own (``mpnet-client-loop``). User objects are pickled on the calling thread;
+small results are unpickled on the loop thread as they arrive.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import itertools
+import logging
+import threading
+import uuid
+import weakref
+from typing import Any, Callable, Iterable
+
+from ..comm.auth import resolve_token
+from ..comm.connection import Connection, connect, connect_sync
+from ..comm.eventloop import EventLoop
+from ..comm.protocol import Msg, check_handlers
+from ..comm.serialize import (Payload, dumps, dumps_task_args, loads, loads_exception)
+from ..config import Config, make_config
+from ..errors import (ClusterClosedError, CommClosedError, KilledWorkerError, ProtocolError,
+                      WorkerLostError)
+from ..versions import get_versions
+from .futures import Future, Remote, as_completed, wait
+
+__all__ = ["Client"]
+
+log = logging.getLogger("mpnet.client")
+
+_FN_CACHE_SIZE = 1024
+
+
+def _funcname(fn: Any) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return name if name != "<lambda>" else "lambda"
+
+
+class Client:
+    """Connect to a cluster: ``Client(address | cluster, *, scheduler_file=, token=,
+    timeout=)``. ``timeout`` (seconds) bounds connecting; it defaults to
+    ``config.connect_timeout`` (10 s)."""
+
+    def __init__(self, address: Any = None, *, scheduler_file: str | None = None,
+                 token: str | None = None, timeout: float | None = None,
+                 config: Config | None = None, **config_overrides: Any):
+        self.config = make_config(config, **config_overrides)
+        loop = None
+        file_token = None
+        if address is not None and not isinstance(address, str):
+            cluster = address                   # a LocalCluster (or anything alike)
+            address = cluster.scheduler_address
+            token = token or cluster.token
+            loop = getattr(cluster, "loop", None)
+        if scheduler_file is not None:
+            from ..deploy.scheduler_file import read_scheduler_file
+            found = read_scheduler_file(scheduler_file, timeout=timeout)
+            address, file_token = found["address"], found.get("token")
+        if address is None:
+            raise ValueError("Client needs an address ('tcp://host:8786'), a LocalCluster, "
+                             "or scheduler_file=")
+        self.scheduler_address = address
+        self.token = resolve_token(token, scheduler_file_token=file_token)
+        self.id = f"client-{uuid.uuid4().hex[:12]}"
+        self._own_loop = loop is None
+        self.loop = loop or EventLoop("mpnet-client-loop")
+        self._futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
+        self._fn_cache: dict[Any, Payload] = {}
+        self._counter = itertools.count()
+        self._to_release: list[str] = []
+        self._workers: dict[str, cf.Future] = {}
+        self._status = "connecting"
+        self._lock = threading.Lock()
+        self._handlers = check_handlers("client", {
+            Msg.TASK_DONE: self._task_done,
+            Msg.TASK_ERRED: self._task_erred,
+            Msg.TASK_CANCELLED: self._task_cancelled,
+            Msg.TASK_LOST: self._task_lost,
+        })
+        self.loop.start()
+        try:
+            self.scheduler = connect_sync(
+                self.loop, address, config=self.config, token=self.token, role="client",
+                info={"id": self.id}, handler=self._dispatch, on_close=self._scheduler_closed,
+                timeout=timeout)
+            self.scheduler_id = self._request(Msg.REGISTER_CLIENT, self.id, get_versions(),
+                                              timeout=timeout)["id"]
+        except BaseException:
+            self._status = "open"
+            self.close()
+            raise
+        self._status = "open"
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} scheduler={self.scheduler_address} {self._status}>"
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def _check_open(self, what: str) -> None:
+        if self._status != "open":
+            raise ClusterClosedError(f"{what}() called on a client that is {self._status}: "
+                                     "create a new Client")
+
+    # --- talking to the scheduler ----------------------------------------------------
+    def _send(self, msg: list) -> None:
+        self.loop.call_soon_threadsafe(self.scheduler.send, msg)
+
+    def _request(self, *msg: Any, timeout: float | None = None) -> Any:
+        fut = self.loop.run_sync(self.scheduler.request, *msg)
+        try:
+            return fut.result(timeout)
+        except CommClosedError as e:
+            raise ClusterClosedError(f"lost the scheduler at {self.scheduler_address}: "
+                                     f"{e}") from None
+
+    def _dispatch(self, conn: Connection, msg: list) -> None:
+        handler = self._handlers.get(msg[0])
+        if handler is None:
+            raise ProtocolError(f"a client has no handler for message type {msg[0]}")
+        handler(*msg[1:])
+
+    def _task_done(self, key: str, payload: Payload | None, worker: str, nbytes: int) -> None:
+        fut = self._futures.get(key)
+        if fut is None:
+            return
+        if payload is None:
+            fut._set_value(Remote(worker, nbytes))
+            return
+        try:
+            fut._set_value(loads(payload, what=f"result of {key}"))
+        except Exception as e:   # the result cannot be unpickled here: the future says so
+            fut._set_error(e)
+
+    def _task_erred(self, key: str, exc: Payload, tb: str) -> None:
+        fut = self._futures.get(key)
+        if fut is not None:
+            fut._set_error(loads_exception(exc, tb))
+
+    def _task_cancelled(self, key: str, reason: str) -> None:
+        fut = self._futures.get(key)
+        if fut is not None:
+            fut._set_cancelled(reason)
+
+    def _task_lost(self, key: str, kind: str, reason: str) -> None:
+        fut = self._futures.get(key)
+        if fut is not None:
+            cls = KilledWorkerError if kind == "killed" else WorkerLostError
+            fut._set_error(cls(reason))
+
+    def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
+        if self._status == "open":
+            self._status = "disconnected"
+            log.warning("client %s lost its scheduler %s: %s", self.id,
+                        self.scheduler_address, exc or "closed")
+        self._fail_pending(f"the connection to the scheduler at {self.scheduler_address} "
+                           f"was lost{f' ({exc})' if exc else ''}; create a new Client")
+
+    def _fail_pending(self, why: str) -> None:
+        for fut in list(self._futures.values()):
+            fut._set_error(ClusterClosedError(why))
+
+    def _release(self, key: str) -> None:
+        """Called from ``Future.__del__`` on any thread: batch the key for RELEASE."""
+        if self._status != "open":
+            return
+        self._to_release.append(key)
+        if len(self._to_release) == 1:
+            try:
+                self.loop.call_soon_threadsafe(self._flush_releases)
+            except RuntimeError:   # interpreter shutting down
+                pass
+
+    def _flush_releases(self) -> None:
+        keys, self._to_release = self._to_release, []
+        keys = [k for k in keys if k not in self._futures]   # re-created since?
+        if keys and not self.scheduler.closed:
+            self.scheduler.send([Msg.RELEASE, keys])
+
+    # --- submitting ------------------------------------------------------------------
+    def _function_payload(self, fn: Callable) -> Payload:
+        try:
+            return self._fn_cache[fn]
+        except (KeyError, TypeError):
+            pass
+        payload = dumps(fn, oob_threshold=self.config.oob_threshold, what="function")
+        try:
+            if len(self._fn_cache) >= _FN_CACHE_SIZE:
+                self._fn_cache.clear()
+            self._fn_cache[fn] = payload
+        except TypeError:   # unhashable callable: just don't cache it
+            pass
+        return payload
+
+    def _new_key(self, fn: Any) -> str:
+        return f"{_funcname(fn)}-{self.id[7:]}-{next(self._counter)}"
+
+    def submit(self, fn: Callable, /, *args: Any, key: str | None = None, retries: int = 0,
+               priority: int = 0, resources: dict | None = None,
+               workers: Iterable[str] | None = None, actor: bool = False,
+               pure: bool | None = None, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the cluster; return its :class:`Future`.
+
+        Futures anywhere in the arguments (inside lists, dicts, objects) are replaced
+        by their results on the worker. ``retries`` re-runs a task that raised;
+        ``priority`` runs higher numbers first. ``key`` names the task: submitting a key
+        that exists gives the existing future.
+        """
+        self._check_open("submit")
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable first, not {type(fn).__name__}")
+        if actor or resources or workers:
+            raise NotImplementedError("actors, resources and workers= restrictions come "
+                                      "with the actors issue; they are not available yet")
+        if key is not None:
+            existing = self._futures.get(key)
+            if existing is not None:
+                return existing
+        key = key or self._new_key(fn)
+        fn_payload = self._function_payload(fn)
+        args_payload, deps = dumps_task_args(args, kwargs,
+                                             oob_threshold=self.config.oob_threshold)
+        fut = Future(key, self)
+        self._futures[key] = fut
+        self._send([Msg.SUBMIT, key, fn_payload, args_payload, deps, priority, retries])
+        return fut
+
+    def map(self, fn: Callable, /, *iterables: Iterable, key: str | list | None = None,
+            retries: int = 0, priority: int = 0, pure: bool | None = None,
+            batch_size: int | None = None, **kwargs: Any) -> list[Future]:
+        """``[submit(fn, *args, **kwargs) for args in zip(*iterables)]``, cheaper."""
+        self._check_open("map")
+        if isinstance(key, list):
+            keys = key
+        else:
+            prefix = key or f"{_funcname(fn)}-{self.id[7:]}-m{next(self._counter)}"
+            keys = None
+        futures = []
+        for i, args in enumerate(zip(*iterables)):
+            k = keys[i] if keys is not None else f"{prefix}-{i}"
+            futures.append(self.submit(fn, *args, key=k, retries=retries, priority=priority,
+                                       **kwargs))
+        return futures
+
+    # --- results ---------------------------------------------------------------------
+    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
+        """Results of futures, in the same structure (a future, list, tuple, dict)."""
+        flat = [f for f in _flatten(futures) if isinstance(f, Future)]
+        done, not_done = cf.wait(flat, timeout=timeout)
+        if not_done:
+            raise TimeoutError(f"{len(not_done)} of {len(flat)} futures unfinished after "
+                               f"{timeout}s")
+        if errors == "raise":
+            for f in flat:
+                if f.cancelled() or f.exception() is not None:
+                    f.result()     # raises the original exception (or CancelledError)
+        remote = [f for f in flat if f._needs_fetch()]
+        if remote:
+            self._fetch(remote, timeout)
+        values = {}
+        for f in flat:
+            if f.cancelled() or f.exception() is not None:
+                values[f.key] = f if errors == "skip" else None
+            else:
+                values[f.key] = f.result()
+        return _rebuild(futures, values, skip=errors == "skip")
+
+    def _fetch(self, futures: list[Future], timeout: float | None) -> list:
+        """Fetch large results directly from the workers holding them."""
+        if self.loop.in_loop_thread():
+            raise RuntimeError("result() of a large value cannot be fetched from a done-"
+                               "callback (it runs on the client's loop); call it elsewhere")
+        by_worker: dict[str, list[Future]] = {}
+        for f in futures:
+            value = f._result
+            if isinstance(value, Remote):
+                by_worker.setdefault(value.worker, []).append(f)
+        requests = {w: self.loop.run_sync(self._get_data, w, [f.key for f in fs])
+                    for w, fs in by_worker.items()}
+        for worker, fut in requests.items():
+            try:
+                got = dict(fut.result(timeout))
+            except (CommClosedError, OSError, TimeoutError) as e:
+                raise WorkerLostError(f"could not fetch results from worker {worker}: {e}. "
+                                      "The worker probably died; resubmit the task.") from None
+            for f in by_worker[worker]:
+                if f.key not in got:
+                    raise WorkerLostError(f"worker {worker} no longer holds {f.key}")
+                f._set_value(loads(got[f.key], what=f"result of {f.key}"))
+        return [f._result for f in futures]
+
+    def _get_data(self, worker: str, keys: list[str]) -> cf.Future:
+        """Loop thread: GET_DATA on a (cached) direct connection to ``worker``."""
+        result: cf.Future = cf.Future()
+        conn_fut = self._workers.get(worker)
+        if conn_fut is None or (conn_fut.done() and (conn_fut.exception() or
+                                                     conn_fut.result().closed)):
+            conn_fut = self._workers[worker] = connect(
+                self.loop, worker, config=self.config, token=self.token, role="client",
+                info={"id": self.id}, handler=self._dispatch, timeout=2.0)
+
+        def connected(f: cf.Future) -> None:
+            if f.exception() is not None:
+                result.set_exception(f.exception())
+                return
+            req = f.result().request(Msg.GET_DATA, keys)
+            req.add_done_callback(lambda r: result.set_exception(r.exception())
+                                  if r.exception() else result.set_result(r.result()))
+        conn_fut.add_done_callback(connected)
+        return result
+
+    def scatter(self, data: Any, workers: Iterable[str] | None = None) -> Any:
+        """Put local data on workers: a list gives a list of futures, a dict a dict."""
+        self._check_open("scatter")
+        if isinstance(data, dict):
+            keys, values = list(data), list(data.values())
+        elif isinstance(data, (list, tuple, set, frozenset)):
+            values = list(data)
+            keys = [f"{type(v).__name__}-{self.id[7:]}-s{next(self._counter)}" for v in values]
+        else:
+            return self.scatter([data], workers=workers)[0]
+        items = [[k, dumps(v, oob_threshold=self.config.oob_threshold, what="scattered data")]
+                 for k, v in zip(keys, values)]
+        futures = []
+        for k, v in zip(keys, values):
+            fut = Future(k, self)
+            self._futures[k] = fut
+            futures.append(fut)
+        self._request(Msg.SCATTER, items, list(workers) if workers else None)
+        for fut, v in zip(futures, values):
+            fut._set_value(v)
+        return dict(zip(keys, futures)) if isinstance(data, dict) else futures
+
+    def cancel(self, futures: Any, reason: str = "cancelled by the client") -> None:
+        keys = [f.key for f in _flatten(futures) if isinstance(f, Future)]
+        if keys:
+            self._send([Msg.CANCEL, keys, reason])
+
+    def wait(self, futures: Any, timeout: float | None = None,
+             return_when: str = "ALL_COMPLETED") -> Any:
+        return wait(_flatten(futures), timeout=timeout, return_when=return_when)
+
+    def as_completed(self, futures: Iterable[Future] = (), **kw: Any) -> as_completed:
+        return as_completed(futures, **kw)
+
+    # --- running functions everywhere -------------------------------------------------
+    def run(self, fn: Callable, /, *args: Any, workers: Iterable[str] | None = None,
+            timeout: float | None = None, **kwargs: Any) -> dict:
+        """Call ``fn(*args, **kwargs)`` once on every worker: ``{address: result}``.
+
+        ``fn`` may take ``mpnet_worker`` (or ``dask_worker``) to get the Worker object.
+        """
+        self._check_open("run")
+        payload = dumps(_bind(fn, args, kwargs), what="function")
+        replies = self._request(Msg.RUN, payload, list(workers) if workers else None,
+                                timeout=timeout)
+        out = {}
+        for address, ok, value in replies:
+            if not ok:
+                raise WorkerLostError(f"worker {address} did not answer run(): {value}")
+            out[address] = _unwrap(value)
+        return out
+
+    def run_on_scheduler(self, fn: Callable, /, *args: Any, timeout: float | None = None,
+                         **kwargs: Any) -> Any:
+        """Call ``fn`` in the scheduler's process (it may take ``mpnet_scheduler``)."""
+        self._check_open("run_on_scheduler")
+        payload = dumps(_bind(fn, args, kwargs), what="function")
+        return _unwrap(self._request(Msg.RUN_ON_SCHEDULER, payload, timeout=timeout))
+
+    def scheduler_info(self, timeout: float | None = None) -> dict:
+        """``{"id", "address", "workers": {address: details}, ...}`` as in dask."""
+        self._check_open("scheduler_info")
+        return self._request(Msg.INFO, timeout=timeout)
+
+    def get_executor(self, **submit_kwargs: Any) -> "ClientExecutor":
+        """A ``concurrent.futures.Executor`` that submits through this client."""
+        return ClientExecutor(self, **submit_kwargs)
+
+    # --- closing ---------------------------------------------------------------------
+    def close(self, timeout: float | None = None) -> None:
+        """Disconnect; the cluster releases this client's data. Idempotent."""
+        with self._lock:
+            if self._status == "closed":
+                return
+            self._status = "closed"
+        try:
+            self.loop.run_sync(self._close_on_loop, timeout=timeout or 5)
+        except Exception as e:   # loop gone or stuck: its sockets close with it
+            log.debug("client close on loop: %s", e)
+        self._fail_pending(f"client {self.id} was closed")
+        if self._own_loop:
+            self.loop.close()
+
+    def _close_on_loop(self) -> None:
+        for f in self._workers.values():
+            if f.done() and not f.exception():
+                f.result().close()
+        self._workers.clear()
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.on_close = None
+            scheduler.flush()
+            scheduler.close()
+
+
+class ClientExecutor(cf.Executor):
+    """``concurrent.futures.Executor`` over a client; its futures are mpnet futures."""
+
+    def __init__(self, client: Client, **submit_kwargs: Any):
+        self.client = client
+        self._kwargs = submit_kwargs
+        self._futures: weakref.WeakSet[Future] = weakref.WeakSet()
+        self._shutdown = False
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        fut = self.client.submit(_bind(fn, args, kwargs), **self._kwargs)
+        self._futures.add(fut)
+        return fut
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1) -> Iterable:
+        futures = [self.submit(fn, *args) for args in zip(*iterables)]
+
+        def results() -> Iterable:
+            for f in futures:
+                yield f.result(timeout)
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        futures = list(self._futures)
+        if cancel_futures:
+            self.client.cancel([f for f in futures if not f.done()])
+        if wait:
+            cf.wait(futures)
+
+
+def _bind(fn: Callable, args: tuple, kwargs: dict) -> Callable:
+    if not args and not kwargs:
+        return fn
+    bound = functools.partial(fn, *args, **kwargs)
+    # keep the signature check of mpnet_worker / mpnet_scheduler working
+    functools.update_wrapper(bound, fn)
+    return bound
+
+
+def _unwrap(reply: list) -> Any:
+    ok, payload, tb = reply
+    if ok:
+        return loads(payload, what="result")
+    raise loads_exception(payload, tb)
+
+
+def _flatten(obj: Any) -> list:
+    if isinstance(obj, Future):
+        return [obj]
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _flatten(v)]
+    if isinstance(obj, (list, tuple, set, frozenset)) or hasattr(obj, "__next__"):
+        return [x for v in obj for x in _flatten(v)]
+    return [obj]
+
+
+def _rebuild(obj: Any, values: dict, skip: bool) -> Any:
+    if isinstance(obj, Future):
+        return values[obj.key]
+    if isinstance(obj, dict):
+        return {k: _rebuild(v, values, skip) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_rebuild(v, values, skip) for v in obj]
+        if skip:
+            out = [v for v in out if not isinstance(v, Future)]
+        return type(obj)(out) if isinstance(obj, tuple) else out
+    return obj
+

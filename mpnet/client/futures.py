@@ -1,0 +1,205 @@
+"""Futures for tasks: ``concurrent.futures.Future`` with a key and a client.
+
+A future is done when its task is done. A small result arrived with the completion
+and is there at once; a large one stays on its worker until ``result()`` (or
+``gather``) fetches it directly. ``concurrent.futures.wait`` / ``as_completed`` work on
+these futures unchanged; so does ``await``.
+
+Dropping the last reference to a future tells the scheduler the client no longer
+wants its key (batched, from whatever thread the garbage collector runs on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from ..errors import CancelledError
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["Future", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+           "ALL_COMPLETED"]
+
+FIRST_COMPLETED = cf.FIRST_COMPLETED
+FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+ALL_COMPLETED = cf.ALL_COMPLETED
+
+
+class Remote:
+    """Stands in for a result that is still on ``worker`` (``nbytes`` large)."""
+
+    __slots__ = ("worker", "nbytes")
+
+    def __init__(self, worker: str, nbytes: int):
+        self.worker, self.nbytes = worker, nbytes
+
+
+class Future(cf.Future):
+    """The result of a task (or scattered data) on the cluster, by its ``key``."""
+
+    def __init__(self, key: str, client: "Client"):
+        super().__init__()
+        self.key = key
+        self.client = client
+        self._reason = ""
+
+    # Futures inside task arguments become dependencies (see comm.serialize).
+    def __mpnet_dep__(self) -> str:
+        return self.key
+
+    def __reduce__(self):
+        raise TypeError(f"a Future ({self.key}) can travel only inside a task's arguments, "
+                        "where it is replaced by its result; pass its .key otherwise")
+
+    def __repr__(self) -> str:
+        return f"<mpnet.Future {self.key} {self.status}>"
+
+    @property
+    def status(self) -> str:
+        """``pending``, ``finished``, ``error`` or ``cancelled`` (dask's names)."""
+        if self.cancelled():
+            return "cancelled"
+        if not self.done():
+            return "pending"
+        return "error" if super().exception(0) is not None else "finished"
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's value (``timeout`` in seconds); re-raises its exception."""
+        try:
+            value = super().result(timeout)
+        except cf.CancelledError:
+            raise CancelledError(f"{self.key} was cancelled"
+                                 + (f": {self._reason}" if self._reason else "")) from None
+        if isinstance(value, Remote):
+            value = self.client._fetch([self], timeout)[0]
+        return value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            return super().exception(timeout)
+        except cf.CancelledError:
+            raise CancelledError(f"{self.key} was cancelled"
+                                 + (f": {self._reason}" if self._reason else "")) from None
+
+    def cancel(self) -> bool:
+        """Cancel the task on the cluster (and everything that depends on it)."""
+        if self.done() and not self.cancelled():
+            return False
+        self.client.cancel([self])
+        return True
+
+    def release(self) -> None:
+        """Tell the cluster this client no longer needs the result."""
+        self.client._release(self.key)
+
+    def __del__(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client._release(self.key)
+
+    def __await__(self):
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if not self.done():
+            waiter = loop.create_future()
+
+            def wake(_: cf.Future) -> None:
+                loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+            self.add_done_callback(wake)
+            await waiter
+        if self._needs_fetch():
+            return await loop.run_in_executor(None, self.result)
+        return self.result()
+
+    # --- set by the client's loop thread ---------------------------------------------
+    def _needs_fetch(self) -> bool:
+        return self.done() and not self.cancelled() and isinstance(self._result, Remote)
+
+    def _set_value(self, value: Any) -> None:
+        with self._condition:
+            if self._state == cf._base.FINISHED and self._exception is None:
+                self._result = value          # a fetched or recomputed value: keep it
+                return
+        if not self.done():
+            self.set_result(value)
+
+    def _set_error(self, exc: BaseException) -> None:
+        if not self.done():
+            self.set_exception(exc)
+
+    def _set_cancelled(self, reason: str) -> None:
+        self._reason = reason
+        with self._condition:
+            if self._state == cf._base.FINISHED:
+                # Cancelling a finished future releases it, as in dask.
+                self._state = cf._base.PENDING
+        if super().cancel():
+            self.set_running_or_notify_cancel()
+
+
+def wait(fs: Iterable[cf.Future], timeout: float | None = None,
+         return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:
+    """``concurrent.futures.wait`` for mpnet futures (also accepts dask's names)."""
+    return cf.wait(list(fs), timeout=timeout, return_when=return_when)
+
+
+class as_completed(Iterator):
+    """Yield futures as they finish; ``add()`` more while iterating.
+
+    ``with_results=True`` yields ``(future, result)`` pairs (fetching large results).
+    ``timeout`` (seconds) bounds the whole iteration, as in ``concurrent.futures``.
+    """
+
+    def __init__(self, fs: Iterable[cf.Future] = (), *, with_results: bool = False,
+                 timeout: float | None = None):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self.with_results = with_results
+        self._deadline = None if timeout is None else timeout + _now()
+        for f in fs:
+            self.add(f)
+
+    def add(self, future: cf.Future) -> None:
+        with self._lock:
+            self._pending += 1
+        future.add_done_callback(self._queue.put)
+
+    def update(self, futures: Iterable[cf.Future]) -> None:
+        for f in futures:
+            self.add(f)
+
+    def count(self) -> int:
+        return self._pending
+
+    def is_empty(self) -> bool:
+        return self._pending == 0
+
+    def __iter__(self) -> "as_completed":
+        return self
+
+    def __next__(self) -> Any:
+        with self._lock:
+            if self._pending == 0:
+                raise StopIteration
+        timeout = None if self._deadline is None else max(0.0, self._deadline - _now())
+        try:
+            future = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{self._pending} futures unfinished after the timeout") from None
+        with self._lock:
+            self._pending -= 1
+        if self.with_results:
+            return future, future.result()
+        return future
+
+
+_now = time.monotonic

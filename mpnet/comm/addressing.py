@@ -1,0 +1,72 @@
+"""Addresses: ``tcp://host:port`` strings and the ``(host, port)`` pairs behind them."""
+
+from __future__ import annotations
+
+import socket
+
+__all__ = ["parse_address", "format_address", "parse_port_range", "outward_host"]
+
+
+def parse_address(address: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """``"tcp://10.0.0.1:8786"``, ``"10.0.0.1:8786"``, ``":8786"``, ``"[::1]:8786"`` →
+    ``(host, port)``. A missing host is ``""`` (all interfaces when listening)."""
+    if not isinstance(address, str):
+        raise TypeError(f"an address must be a string like 'tcp://host:8786', "
+                        f"not {type(address).__name__}")
+    text = address.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text
+    if scheme != "tcp":
+        raise ValueError(f"cannot use address {address!r}: only tcp:// is supported")
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    host = host.rstrip("/")
+    port_text = port_text.rstrip("/")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"address {address!r} has no port: write it as tcp://host:port")
+        port = default_port
+    else:
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError(f"address {address!r} has a port that is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"address {address!r}: port {port} is outside 0-65535")
+    return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    if ":" in host:
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+def parse_port_range(spec: int | str | None) -> list[int]:
+    """``9000`` → [9000]; ``"9000:9003"`` → [9000, 9001, 9002, 9003]; None → [0]."""
+    if spec is None or spec == "":
+        return [0]
+    if isinstance(spec, int):
+        return [spec]
+    low, sep, high = str(spec).partition(":")
+    try:
+        if not sep:
+            return [int(low)]
+        first, last = int(low), int(high)
+    except ValueError:
+        raise ValueError(f"port {spec!r} must be a number or a range like 9000:9100") from None
+    if last < first:
+        raise ValueError(f"port range {spec!r} is empty")
+    return list(range(first, last + 1))
+
+
+def outward_host() -> str:
+    """The address other machines reach this one at, for a server on every interface."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"

@@ -1,0 +1,483 @@
+"""Authenticated, batched, length-prefixed connections, owned by one event loop.
+
+A :class:`Connection` lives in two phases:
+
+1. **handshake** — only small plain-msgpack frames are read (:mod:`mpnet.comm.auth`);
+   a peer that sends anything else, too much, or too slowly is dropped.
+2. **open** — frames of messages. :meth:`Connection.send` queues a message; at the end
+   of the loop turn everything queued goes out as one frame (one ``sendmsg``). Each
+   received batch goes to the owner's ``handler(conn, message)``; ``REPLY`` messages
+   resolve the futures that :meth:`Connection.request` handed out.
+
+All methods run on the loop thread unless their name ends in ``_threadsafe``.
+:func:`connect` dials (retrying while nothing listens yet) and :class:`Listener` accepts.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import selectors
+import socket
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from ..config import Config
+from ..errors import (AuthenticationError, CommClosedError, ConnectTimeoutError,
+                      MpnetError, ProtocolError)
+from .addressing import format_address, parse_address
+from .auth import Handshake
+from .eventloop import EventLoop
+from .protocol import FrameDecoder, FrameEncoder, Msg, decode_handshake, encode_handshake
+
+__all__ = ["Connection", "Listener", "connect", "connect_sync"]
+
+log = logging.getLogger("mpnet.comm")
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+_RECV_SIZE = 256 * 1024
+_IOV_MAX = 512
+
+
+class Connection:
+    """One socket, its handshake, its outgoing batch and its pending requests."""
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, *, server: bool, config: Config,
+                 token: str | None, role: str, info: dict, peer: str,
+                 handler: Callable[["Connection", list], None],
+                 on_open: Callable[["Connection"], None] | None = None,
+                 on_close: Callable[["Connection", BaseException | None], None] | None = None,
+                 on_fail: Callable[[BaseException], None] | None = None):
+        self.loop = loop
+        self.sock = sock
+        self.config = config
+        self.peer = peer                  # "tcp://host:port" of the other end
+        self.handler = handler
+        self.on_open = on_open
+        self.on_close = on_close
+        self.on_fail = on_fail            # the handshake failed (dialing side)
+        self.state = "handshake"
+        self.peer_role = ""
+        self.peer_info: dict = {}
+        self.owner_data: Any = None       # whatever the owner attaches (worker state...)
+        self._hs = Handshake(server=server, token=token, role=role, info=info, address=peer)
+        self._hsbuf = bytearray()
+        self._decoder = FrameDecoder(config.max_frame_bytes, config.oob_threshold)
+        self._encoder = FrameEncoder(config.oob_threshold)
+        self._out: list = []
+        self._wbuf: list[memoryview] = []
+        self._close_when_flushed = False
+        self._pending: dict[int, Future] = {}
+        self._req_ids = itertools.count(1)
+        self._progress = 0
+        self._stall_timer = None
+        loop.register(sock, _READ, self._on_event)
+        self._hs_timer = loop.call_later(config.handshake_timeout, self._handshake_timeout)
+        if server:
+            self._send_raw(b"".join(encode_handshake(f) for f in self._hs.start()))
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer_role or '?'} {self.peer} {self.state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    # --- sending -------------------------------------------------------------------
+    def send(self, msg: list) -> None:
+        """Queue one message; it leaves with this turn's frame."""
+        if self.state != "open":
+            return
+        if not self._out:
+            self.loop.mark_dirty(self)
+        self._out.append(msg)
+
+    def send_threadsafe(self, msg: list) -> None:
+        self.loop.call_soon_threadsafe(self.send, msg)
+
+    def request(self, *msg: Any) -> Future:
+        """Send ``[type, req_id, *fields]``; the future gets the REPLY's value."""
+        fut: Future = Future()
+        if self.state != "open":
+            fut.set_exception(CommClosedError(f"connection to {self.peer} is closed"))
+            return fut
+        req_id = next(self._req_ids)
+        self._pending[req_id] = fut
+        self.send([msg[0], req_id, *msg[1:]])
+        return fut
+
+    def reply(self, req_id: int, ok: bool, value: Any) -> None:
+        self.send([Msg.REPLY, req_id, ok, value])
+
+    def flush(self) -> None:
+        if not self._out or self.state == "closed":
+            return
+        messages, self._out = self._out, []
+        try:
+            pieces = self._encoder.encode(messages)
+        except Exception as e:
+            log.error("cannot encode a message for %s: %s", self.peer, e)
+            self.close(ProtocolError(f"cannot encode message: {e}"))
+            return
+        self._write(pieces)
+
+    def _send_raw(self, data: bytes) -> None:
+        self._write([data])
+
+    def _write(self, pieces: list) -> None:
+        if self._wbuf:
+            self._wbuf.extend(memoryview(p).cast("B") for p in pieces)
+            return
+        try:
+            sent = self.sock.sendmsg(pieces) if len(pieces) <= _IOV_MAX else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self.close(CommClosedError(f"connection to {self.peer} broke: {e}"))
+            return
+        total = 0
+        for p in pieces:
+            view = memoryview(p).cast("B")
+            if sent >= total + view.nbytes:
+                total += view.nbytes
+                continue
+            self._wbuf.append(view[max(0, sent - total):])
+            total += view.nbytes
+        if self._wbuf:
+            self.loop.modify(self.sock, _READ | _WRITE, self._on_event)
+        elif self._close_when_flushed:
+            self.close()
+
+    def _on_writable(self) -> None:
+        while self._wbuf:
+            try:
+                sent = self.sock.sendmsg(self._wbuf[:_IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.close(CommClosedError(f"connection to {self.peer} broke: {e}"))
+                return
+            while sent and self._wbuf:
+                head = self._wbuf[0]
+                if sent >= head.nbytes:
+                    sent -= head.nbytes
+                    self._wbuf.pop(0)
+                else:
+                    self._wbuf[0] = head[sent:]
+                    sent = 0
+        self.loop.modify(self.sock, _READ, self._on_event)
+        if self._close_when_flushed:
+            self.close()
+
+    # --- receiving -----------------------------------------------------------------
+    def _on_event(self, mask: int) -> None:
+        if mask & _WRITE and self.state != "closed":
+            self._on_writable()
+        if mask & _READ and self.state != "closed":
+            try:
+                self._on_readable()
+            except (ProtocolError, AuthenticationError) as e:
+                self._protocol_failure(e)
+
+    def _on_readable(self) -> None:
+        target = self._decoder.direct_target() if self.state == "open" else None
+        try:
+            if target is not None:
+                n = self.sock.recv_into(target)
+                data = None
+            else:
+                data = self.sock.recv(_RECV_SIZE)
+                n = len(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.close(CommClosedError(f"connection to {self.peer} broke: {e}"))
+            return
+        if n == 0:
+            self.close(CommClosedError(f"{self.peer_role or 'peer'} at {self.peer} "
+                                       "closed the connection"))
+            return
+        self._progress += 1
+        if self.state == "handshake":
+            self._hsbuf += data
+            self._advance_handshake()
+            return
+        messages = (self._decoder.direct_received(n) if data is None
+                    else self._decoder.feed(data))
+        if self._decoder.mid_frame and self._stall_timer is None:
+            self._arm_stall_timer()
+        for msg in messages:
+            if self.state == "closed":
+                return
+            if msg[0] == Msg.REPLY:
+                self._on_reply(msg)
+            else:
+                self.handler(self, msg)
+
+    def _on_reply(self, msg: list) -> None:
+        if len(msg) != 4:
+            raise ProtocolError("malformed REPLY")
+        fut = self._pending.pop(msg[1], None)
+        if fut is None:
+            return
+        if msg[2]:
+            fut.set_result(msg[3])
+        else:
+            fut.set_exception(msg[3] if isinstance(msg[3], BaseException)
+                              else MpnetError(f"{self.peer}: {msg[3]}"))
+
+    def _arm_stall_timer(self) -> None:
+        mark = self._progress
+
+        def check() -> None:
+            self._stall_timer = None
+            if self.state == "closed" or not self._decoder.mid_frame:
+                return
+            if self._progress == mark:
+                self._protocol_failure(ProtocolError(
+                    f"no progress on a half-received frame for "
+                    f"{self.config.frame_stall_timeout}s"))
+            else:
+                self._arm_stall_timer()
+        self._stall_timer = self.loop.call_later(self.config.frame_stall_timeout, check)
+
+    # --- handshake -----------------------------------------------------------------
+    def _advance_handshake(self) -> None:
+        limit = self.config.max_handshake_bytes
+        while self.state == "handshake":
+            frame = decode_handshake(self._hsbuf, limit)
+            if frame is None:
+                return
+            try:
+                replies, done = self._hs.receive(frame)
+            except AuthenticationError as e:
+                if self._hs.server:   # tell the peer why before hanging up
+                    self._send_raw(encode_handshake(["refused", "wrong or missing token"]))
+                raise e
+            if replies:
+                self._send_raw(b"".join(encode_handshake(r) for r in replies))
+            if done:
+                self._opened()
+        if self._hsbuf:   # bytes after the handshake belong to the first real frame
+            leftover, self._hsbuf = bytes(self._hsbuf), bytearray()
+            for msg in self._decoder.feed(leftover):
+                self.handler(self, msg) if msg[0] != Msg.REPLY else self._on_reply(msg)
+
+    def _opened(self) -> None:
+        self.state = "open"
+        self._hs_timer.cancel()
+        self.peer_role = self._hs.peer_role
+        self.peer_info = self._hs.peer_info
+        if self.on_open is not None:
+            self.on_open(self)
+
+    def _handshake_timeout(self) -> None:
+        if self.state == "handshake":
+            self._protocol_failure(ProtocolError(
+                f"no handshake from {self.peer} within {self.config.handshake_timeout}s"))
+
+    def _protocol_failure(self, exc: BaseException) -> None:
+        if self._hs.server:
+            log.warning("dropped connection from %s: %s", self.peer, exc)
+        if self.state == "handshake" and self.on_fail is not None:
+            on_fail, self.on_fail = self.on_fail, None
+            on_fail(exc)
+        if not self._wbuf:
+            self.close(exc)
+            return
+        # A refusal is still on its way out: stop reading, close once it is sent.
+        self._close_when_flushed = True
+        self.loop.modify(self.sock, _WRITE, self._on_event)
+
+    # --- closing -------------------------------------------------------------------
+    def close(self, exc: BaseException | None = None) -> None:
+        """Close now (loop thread). Pending requests fail with ``CommClosedError``."""
+        if self.state == "closed":
+            return
+        was_open = self.state == "open"
+        self.state = "closed"
+        self._hs_timer.cancel()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        self.loop.unregister(self.sock)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        err = exc if isinstance(exc, CommClosedError) else CommClosedError(
+            f"connection to {self.peer} closed" + (f": {exc}" if exc else ""))
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        if not was_open and self.on_fail is not None:
+            on_fail, self.on_fail = self.on_fail, None
+            on_fail(exc if exc is not None else err)
+        if was_open and self.on_close is not None:
+            self.on_close(self, exc)
+
+    def close_threadsafe(self) -> None:
+        self.loop.call_soon_threadsafe(self.close)
+
+
+def _configure(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    # Messages are small and latency matters; batching is ours to do, not Nagle's.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Listener:
+    """Accepts connections on the loop and starts each one's server-side handshake."""
+
+    def __init__(self, loop: EventLoop, host: str, port: int, *, config: Config,
+                 token: str | None, role: str, info: dict,
+                 handler: Callable[[Connection, list], None],
+                 on_open: Callable[[Connection], None] | None = None,
+                 on_close: Callable[[Connection, BaseException | None], None] | None = None):
+        self.loop = loop
+        self._kw = dict(config=config, token=token, role=role, info=info, handler=handler,
+                        on_open=on_open, on_close=on_close)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+        except OSError as e:
+            self.sock.close()
+            reason = "it is already in use" if e.errno == errno.EADDRINUSE else e.strerror
+            raise OSError(e.errno, f"cannot listen on {format_address(host or '0.0.0.0', port)}: "
+                                   f"{reason}") from None
+        self.sock.listen(1024)
+        self.sock.setblocking(False)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.connections: set[Connection] = set()
+        self._closed = False
+        loop.run_sync(loop.register, self.sock, _READ, self._on_accept)
+
+    def _on_accept(self, mask: int) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("accept failed: %s", e)
+                return
+            _configure(sock)
+            conn = Connection(self.loop, sock, server=True, peer=format_address(*addr[:2]),
+                              **self._kw)
+            self.connections.add(conn)
+            user_close = conn.on_close
+
+            def forget(c: Connection, exc: BaseException | None, _user=user_close) -> None:
+                self.connections.discard(c)
+                if _user is not None:
+                    _user(c, exc)
+            conn.on_close = forget
+            conn.on_fail = lambda exc, c=conn: self.connections.discard(c)
+
+    def close(self) -> None:
+        """Stop accepting and close every accepted connection (loop thread)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.unregister(self.sock)
+        self.sock.close()
+        for conn in list(self.connections):
+            conn.close()
+
+
+def connect(loop: EventLoop, address: str, *, config: Config, token: str | None, role: str,
+            info: dict, handler: Callable[[Connection, list], None],
+            on_close: Callable[[Connection, BaseException | None], None] | None = None,
+            timeout: float | None = None) -> Future:
+    """Dial ``address`` from the loop; the future gets the open :class:`Connection`.
+
+    While nothing listens there (connection refused) it retries with backoff until
+    ``timeout`` seconds (``config.connect_timeout`` by default) have passed, then fails
+    with :class:`ConnectTimeoutError` naming the address. A wrong token fails at once
+    with :class:`AuthenticationError`.
+    """
+    timeout = config.connect_timeout if timeout is None else timeout
+    result: Future = Future()
+    deadline = time.monotonic() + timeout
+    host, port = parse_address(address)
+    host = host or "127.0.0.1"
+    peer = format_address(host, port)
+    state = {"delay": 0.01, "last": "no attempt"}
+
+    def give_up(exc: BaseException) -> None:
+        if not result.done():
+            result.set_exception(exc)
+
+    def retry(reason: str) -> None:
+        state["last"] = reason
+        if time.monotonic() + state["delay"] > deadline:
+            give_up(ConnectTimeoutError(
+                f"could not connect to {peer} within {timeout}s ({reason}): is a scheduler "
+                "or worker running there? Check the address and the firewall."))
+            return
+        loop.call_later(state["delay"], attempt)
+        state["delay"] = min(state["delay"] * 2, 0.5)
+
+    def attempt() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            give_up(ConnectTimeoutError(f"cannot resolve the host of {peer}: {e}"))
+            return
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        _configure(sock)
+        code = sock.connect_ex(sockaddr)
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            sock.close()
+            retry(errno.errorcode.get(code, str(code)))
+            return
+
+        def on_connected(mask: int) -> None:
+            loop.unregister(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                sock.close()
+                retry(errno.errorcode.get(err, str(err)))
+                return
+            start_handshake(sock)
+        loop.register(sock, _WRITE, on_connected)
+
+    def start_handshake(sock: socket.socket) -> None:
+        def opened(conn: Connection) -> None:
+            conn.on_fail = None
+            if not result.done():
+                result.set_result(conn)
+            else:
+                conn.close()
+
+        def failed(exc: BaseException) -> None:
+            if isinstance(exc, CommClosedError) and time.monotonic() < deadline:
+                retry(str(exc))   # e.g. a listener that is not serving yet
+                return
+            give_up(exc)
+        Connection(loop, sock, server=False, config=config, token=token, role=role,
+                   info=info, peer=peer, handler=handler, on_open=opened,
+                   on_close=on_close, on_fail=failed)
+
+    loop.call_soon_threadsafe(attempt) if not loop.in_loop_thread() else attempt()
+    return result
+
+
+def connect_sync(loop: EventLoop, address: str, *, timeout: float | None = None,
+                 **kw: Any) -> Connection:
+    """:func:`connect` for other threads: block until open or failed."""
+    config = kw["config"]
+    timeout = config.connect_timeout if timeout is None else timeout
+    fut = connect(loop, address, timeout=timeout, **kw)
+    try:
+        return fut.result(timeout + config.handshake_timeout + 1)
+    except ConnectTimeoutError:
+        raise
+    except TimeoutError:
+        raise ConnectTimeoutError(f"could not connect to {address} within {timeout}s") from None

@@ -1,0 +1,267 @@
+"""The wire protocol, all of it: frames, the message table and the version.
+
+Frame (every message after the handshake travels in one)::
+
+    !II   body length, number of out-of-band buffers (n)
+    !Q*n  length of each buffer
+    body  msgpack: a list of messages, everything queued for this peer in one loop turn
+    buf0 … buf(n-1)   raw bytes, sent with sendmsg straight from the caller's memory
+
+A message is a msgpack list ``[Msg, field, field, ...]`` (positional fields, in the order
+the table below gives). A :class:`~mpnet.comm.serialize.Payload` inside a message is a
+msgpack extension (code 1) holding its kind, its pickle header (or, when large, a
+reference to one more buffer) and the indexes of its buffers in the frame.
+
+Handshake frames (see :mod:`mpnet.comm.auth`) use the same framing with no buffers, a
+size limit of ``max_handshake_bytes`` and plain msgpack with no extension types: nothing
+before authentication can create anything but lists, ints, strings and bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Any, Callable
+
+import msgpack
+
+from ..errors import ProtocolError
+from .serialize import Payload
+
+__all__ = ["PROTOCOL_VERSION", "Msg", "FrameEncoder", "FrameDecoder", "HEADER",
+           "encode_handshake", "decode_handshake", "check_handlers"]
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("!II")
+BUFLEN = struct.Struct("!Q")
+_PAYLOAD_EXT = 1
+_PAYLOAD_HDR = struct.Struct("!BBII")    # kind, header-is-a-buffer flag, first index, count
+_MAX_BUFFERS = 1 << 16
+
+
+class Msg(enum.IntEnum):
+    """Every message type. Fields are listed as ``(field, ...)``; → marks the sender."""
+
+    # replies to any request that carried a request id
+    REPLY = 1                # → any: (req_id, ok: bool, value | error text)
+
+    # client → scheduler
+    REGISTER_CLIENT = 10     # (req_id, client_id, versions: dict)
+    SUBMIT = 11              # (key, fn, args, deps: [key], priority, retries)
+    RELEASE = 12             # (keys,)
+    CANCEL = 13              # (keys, reason)
+    SCATTER = 14             # (req_id, [[key, payload]], workers | None)
+    RUN = 15                 # (req_id, fn: Payload, workers | None)  also scheduler → worker
+    RUN_ON_SCHEDULER = 16    # (req_id, fn: Payload)
+    INFO = 17                # (req_id,)
+    WHO_HAS = 18             # (req_id, keys)
+
+    # scheduler → client
+    TASK_DONE = 20           # (key, payload | None, worker address, nbytes)
+    TASK_ERRED = 21          # (key, exception payload, traceback text)
+    TASK_CANCELLED = 22      # (key, reason)
+    TASK_LOST = 23           # (key, reason)
+
+    # scheduler → worker
+    COMPUTE = 30             # (key, fn, args, [[dep key, [worker address]]])
+    FREE = 31                # (keys,)
+    STORE = 32               # (req_id, key, payload)
+    CLOSE_WORKER = 33        # (reason,)
+
+    # worker → scheduler
+    REGISTER_WORKER = 40     # (req_id, info: dict)
+    TASK_FINISHED = 41       # (key, payload | None, nbytes)
+    TASK_FAILED = 42         # (key, exception payload, traceback text)
+    MISSING_DATA = 43        # (key, dep key, worker address)
+    HEARTBEAT = 44           # (metrics: dict)
+
+    # nanny → scheduler
+    REGISTER_NANNY = 50      # (req_id, info: dict)
+    WORKER_EXITED = 51       # (worker address, pid, exitcode, reason)
+
+    # worker ↔ worker, client → worker
+    GET_DATA = 60            # (req_id, keys)  → REPLY(req_id, True, [[key, payload]])
+
+
+class FrameEncoder:
+    """Encodes a batch of messages into the pieces of one frame (for ``sendmsg``)."""
+
+    def __init__(self, oob_threshold: int):
+        self._buffers: list = []
+        self._threshold = oob_threshold
+        self._packer = msgpack.Packer(default=self._default, use_bin_type=True,
+                                      autoreset=True)
+
+    def _default(self, obj: Any) -> Any:
+        if isinstance(obj, Payload):
+            first = len(self._buffers)
+            header = obj.header
+            inline = len(header) < self._threshold
+            if not inline:
+                self._buffers.append(header)
+                header = b""
+            self._buffers.extend(obj.buffers)
+            return msgpack.ExtType(_PAYLOAD_EXT, _PAYLOAD_HDR.pack(
+                obj.kind, not inline, first, len(self._buffers) - first) + header)
+        if isinstance(obj, (set, frozenset, tuple)):
+            return list(obj)
+        raise TypeError(f"cannot send {type(obj).__name__} in a message")
+
+    def encode(self, messages: list) -> list:
+        """Return ``[prefix, body, *buffers]`` ready for ``socket.sendmsg``."""
+        self._buffers = []
+        body = self._packer.pack(messages)
+        buffers = self._buffers
+        self._buffers = []
+        prefix = HEADER.pack(len(body), len(buffers))
+        if buffers:
+            prefix += b"".join(BUFLEN.pack(memoryview(b).nbytes) for b in buffers)
+        return [prefix, body, *buffers]
+
+
+class FrameDecoder:
+    """Incremental frame parser: feed it bytes, get lists of messages back.
+
+    Large out-of-band buffers are received straight into their own ``bytearray``
+    (see :meth:`want_direct`) instead of passing through the stream buffer.
+    """
+
+    def __init__(self, max_frame_bytes: int, direct_threshold: int = 1 << 16):
+        self.max_frame_bytes = max_frame_bytes
+        self._direct = direct_threshold
+        self._buf = bytearray()
+        self._lengths: list[int] | None = None   # buffer lengths of the current frame
+        self._body_len = 0
+        self._body: bytes | None = None
+        self._bufs: list = []
+        self._target: memoryview | None = None   # a large buffer being filled directly
+        self._filled = 0
+
+    @property
+    def mid_frame(self) -> bool:
+        return bool(self._buf) or self._lengths is not None
+
+    def direct_target(self) -> memoryview | None:
+        """A memoryview to ``recv_into`` directly, when a large buffer is being read."""
+        if self._target is None:
+            return None
+        return self._target[self._filled:]
+
+    def direct_received(self, n: int) -> list:
+        self._filled += n
+        if self._filled == len(self._target):
+            self._bufs.append(self._target.obj)
+            self._target = None
+            return self._parse()
+        return []
+
+    def feed(self, data: bytes) -> list:
+        self._buf += data
+        return self._parse()
+
+    # Parsing is a loop over "what is the next piece of this frame", so a frame may
+    # arrive in any number of pieces and several frames may arrive in one.
+    def _parse(self) -> list:
+        out: list = []
+        buf = self._buf
+        while True:
+            if self._lengths is None:
+                if len(buf) < HEADER.size:
+                    break
+                body_len, nbufs = HEADER.unpack_from(buf)
+                if nbufs > _MAX_BUFFERS:
+                    raise ProtocolError(f"frame announces {nbufs} buffers")
+                need = HEADER.size + BUFLEN.size * nbufs
+                if len(buf) < need:
+                    break
+                lengths = [BUFLEN.unpack_from(buf, HEADER.size + BUFLEN.size * i)[0]
+                           for i in range(nbufs)]
+                total = body_len + sum(lengths)
+                if total > self.max_frame_bytes:
+                    raise ProtocolError(f"frame of {total} bytes exceeds the limit of "
+                                        f"{self.max_frame_bytes} (max_frame_bytes)")
+                del buf[:need]
+                self._lengths, self._body_len, self._body, self._bufs = lengths, body_len, None, []
+            if self._body is None:
+                if len(buf) < self._body_len:
+                    break
+                self._body = bytes(buf[:self._body_len])
+                del buf[:self._body_len]
+            while len(self._bufs) < len(self._lengths):
+                n = self._lengths[len(self._bufs)]
+                if len(buf) >= n:
+                    self._bufs.append(bytearray(buf[:n]) if n else bytearray())
+                    del buf[:n]
+                    continue
+                if n >= self._direct:
+                    target = bytearray(n)
+                    have = len(buf)
+                    target[:have] = buf
+                    del buf[:]
+                    self._target, self._filled = memoryview(target), have
+                return out
+            out.extend(self._decode_body(self._body, self._bufs))
+            self._lengths = None
+        return out
+
+    @staticmethod
+    def _decode_body(body: bytes, bufs: list) -> list:
+        def ext_hook(code: int, data: bytes) -> Any:
+            if code != _PAYLOAD_EXT or len(data) < _PAYLOAD_HDR.size:
+                raise ProtocolError(f"unknown extension type {code}")
+            kind, header_is_buf, first, count = _PAYLOAD_HDR.unpack_from(data)
+            if first + count > len(bufs):
+                raise ProtocolError("payload refers to buffers the frame does not have")
+            mine = bufs[first:first + count]
+            if header_is_buf:
+                if not mine:
+                    raise ProtocolError("payload header buffer missing")
+                header = bytes(mine.pop(0))
+            else:
+                header = data[_PAYLOAD_HDR.size:]
+            return Payload(kind, header, mine)
+        try:
+            messages = msgpack.unpackb(body, ext_hook=ext_hook, raw=False,
+                                       strict_map_key=False, use_list=True)
+        except ProtocolError:
+            raise
+        except Exception as e:
+            raise ProtocolError(f"malformed frame body: {type(e).__name__}: {e}") from None
+        if not isinstance(messages, list):
+            raise ProtocolError("a frame body must be a list of messages")
+        for m in messages:
+            if not isinstance(m, list) or not m or not isinstance(m[0], int):
+                raise ProtocolError(f"malformed message {str(m)[:80]!r}")
+        return messages
+
+
+def encode_handshake(obj: Any) -> bytes:
+    body = msgpack.packb(obj, use_bin_type=True)
+    return HEADER.pack(len(body), 0) + body
+
+
+def decode_handshake(buf: bytearray, limit: int) -> Any | None:
+    """Pop one handshake frame from ``buf``; None if incomplete. Strict and small."""
+    if len(buf) < HEADER.size:
+        if len(buf) >= 4 and int.from_bytes(buf[:4], "big") > limit:
+            raise ProtocolError("handshake frame too large")
+        return None
+    body_len, nbufs = HEADER.unpack_from(buf)
+    if nbufs or body_len > limit:
+        raise ProtocolError(f"bad handshake frame (length {body_len}, {nbufs} buffers)")
+    if len(buf) < HEADER.size + body_len:
+        return None
+    body = bytes(buf[HEADER.size:HEADER.size + body_len])
+    del buf[:HEADER.size + body_len]
+    try:
+        return msgpack.unpackb(body, raw=False, max_bin_len=limit, max_str_len=limit,
+                               max_array_len=64, max_map_len=64, max_ext_len=0)
+    except Exception as e:
+        raise ProtocolError(f"malformed handshake: {type(e).__name__}: {e}") from None
+
+
+def check_handlers(role: str, handlers: dict[int, Callable]) -> dict[int, Callable]:
+    """Validate a role's dispatch table: every key must be a :class:`Msg`."""
+    for k in handlers:
+        Msg(k)
+    return handlers

@@ -1,0 +1,110 @@
+"""One frozen configuration object, built once and passed down.
+
+Layers, later wins: the defaults below < the environment (``MPNET_<FIELD>``, e.g.
+``MPNET_CONNECT_TIMEOUT=5``) < keyword arguments to :func:`make_config`. Nothing deep
+in mpnet reads the environment itself: it gets a :class:`Config`.
+
+Every duration is in seconds, every size in bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+__all__ = ["Config", "make_config", "parse_bytes"]
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- connections -------------------------------------------------------------
+    #: how long connect() keeps retrying an address where nothing answers yet
+    connect_timeout: float = 10.0
+    #: a peer must finish the authenticated handshake within this
+    handshake_timeout: float = 5.0
+    #: largest handshake frame accepted before authentication
+    max_handshake_bytes: int = 4096
+    #: largest frame accepted after authentication (body and buffers together)
+    max_frame_bytes: int = 1 << 30
+    #: a peer that stops in the middle of a frame for this long is disconnected
+    frame_stall_timeout: float = 30.0
+    # --- serialization -----------------------------------------------------------
+    #: buffers at least this large travel out-of-band (no copy into the body)
+    oob_threshold: int = 64 * 1024
+    #: results up to this size travel inline with the completion message
+    inline_result_bytes: int = 64 * 1024
+    # --- scheduling --------------------------------------------------------------
+    #: tasks sent ahead to a worker beyond its thread count, so it never starves
+    #: while the next assignment is on the wire; the rest wait at the scheduler
+    worker_queue_extra: int = 16
+    #: a task running on this many workers that died (plus one) fails with
+    #: KilledWorkerError instead of being tried again
+    allowed_failures: int = 3
+    #: after a worker's connection drops, wait this long for its nanny's report of the
+    #: exit code before acting (the report usually comes within a millisecond)
+    lost_worker_grace: float = 0.2
+    # --- processes ---------------------------------------------------------------
+    #: multiprocessing start method for worker processes ("spawn" is safe with threads)
+    start_method: str = "spawn"
+    #: how long close() asks nicely before SIGTERM, then SIGKILL
+    close_timeout: float = 3.0
+    #: how often a worker tells the scheduler it is alive
+    heartbeat_interval: float = 0.5
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """``"2GiB"`` → 2147483648; ``"500 MB"`` → 500000000; numbers pass through."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number):]
+    if not number or unit not in _UNITS:
+        raise ValueError(f"cannot read {value!r} as a size: use e.g. 2GiB, 500MB or 1000000")
+    return int(float(number) * _UNITS[unit])
+
+
+def _from_text(field_type: Any, text: str) -> Any:
+    kind = field_type if isinstance(field_type, type) else {"int": int, "float": float,
+                                                             "str": str}[field_type]
+    if kind is int and not text.strip().lstrip("-").isdigit():
+        return parse_bytes(text)
+    return kind(text)
+
+
+def make_config(base: Config | None = None, *, environ: Mapping[str, str] | None = None,
+                **overrides: Any) -> Config:
+    """Build a :class:`Config`: defaults (or ``base``) < environment < ``overrides``.
+
+    ``overrides`` whose value is ``None`` are ignored, so callers can pass their own
+    optional arguments straight through.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    names = {f.name: f for f in fields(Config)}
+    if base is None:
+        for name, f in names.items():
+            raw = environ.get("MPNET_" + name.upper())
+            if raw is not None:
+                try:
+                    values[name] = _from_text(f.type, raw)
+                except ValueError as e:
+                    raise ValueError(f"environment variable MPNET_{name.upper()}={raw!r}: {e}")
+        base = Config(**values)
+    unknown = set(overrides) - set(names)
+    if unknown:
+        raise TypeError(f"unknown configuration option(s): {', '.join(sorted(unknown))}")
+    return base.replace(**{k: v for k, v in overrides.items() if v is not None})

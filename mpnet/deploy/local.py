@@ -1,0 +1,177 @@
+"""LocalCluster: a scheduler and workers on this machine, in one line.
+
+::
+
+    this process                                     child processes (processes=True)
+    ┌─────────────────────────────────────────┐
+    │ mpnet-cluster-loop thread:              │      ┌──────────────────────────┐
+    │   Scheduler  ◄──── tcp, authenticated ──┼────► │ Worker (loop + executor) │
+    │   Nanny × n  ── spawn / watch / stop ───┼────► │ ...                      │
+    │   Client(cluster) shares this loop      │      └──────────────────────────┘
+    └─────────────────────────────────────────┘
+
+With ``processes=False`` the workers are threads of this process instead (same loop).
+Each cluster makes a random token and gives it to its own processes and to
+``Client(cluster)``; ``cluster.token`` lets other clients in.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import psutil
+
+from ..comm.auth import new_token
+from ..comm.eventloop import EventLoop
+from ..config import Config, make_config, parse_bytes
+from ..errors import ClusterClosedError
+from ..nanny.nanny import Nanny
+from ..scheduler.server import Scheduler
+from ..worker.worker import Worker
+
+__all__ = ["LocalCluster"]
+
+log = logging.getLogger("mpnet.cluster")
+
+_live: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
+
+
+def memory_per_worker(memory_limit: Any, n_workers: int) -> int:
+    """``"auto"`` shares the machine's memory out; a fraction (≤ 1) is of the machine;
+    ``"2GiB"`` or a byte count is per worker; ``0``/``None`` means no limit."""
+    if memory_limit in (None, 0, "0"):
+        return 0
+    total = psutil.virtual_memory().total
+    if memory_limit == "auto":
+        return total // max(1, n_workers)
+    if isinstance(memory_limit, float) and 0 < memory_limit <= 1:
+        return int(total * memory_limit)
+    return parse_bytes(memory_limit)
+
+
+class LocalCluster:
+    """``LocalCluster(n_workers=2, threads_per_worker=1)``: ready when it returns."""
+
+    def __init__(self, n_workers: int | None = None, threads_per_worker: int | None = None,
+                 processes: bool = True, memory_limit: Any = "auto", host: str = "127.0.0.1",
+                 scheduler_port: int = 0, dashboard_address: str | None = None,
+                 resources: dict | None = None, token: str | None = None,
+                 config: Config | None = None, **config_overrides: Any):
+        self.config = make_config(config, **config_overrides)
+        cpus = os.cpu_count() or 1
+        if n_workers is None:
+            n_workers = cpus if processes else 1
+        if threads_per_worker is None:
+            threads_per_worker = 1 if processes else cpus
+        if n_workers < 0 or threads_per_worker < 1:
+            raise ValueError(f"need n_workers >= 0 and threads_per_worker >= 1, got "
+                             f"{n_workers} and {threads_per_worker}")
+        self.processes = processes
+        self.threads_per_worker = threads_per_worker
+        self.memory_limit = memory_per_worker(memory_limit, n_workers)
+        self.resources = resources
+        self.dashboard_address = dashboard_address
+        self.token = token or new_token()
+        self.loop = EventLoop("mpnet-cluster-loop")
+        self.workers: list[Nanny | Worker] = []
+        self._lock = threading.Lock()
+        self._status = "starting"
+        self.scheduler = Scheduler(host, scheduler_port, token=self.token, loop=self.loop,
+                                   config=self.config)
+        try:
+            self.scheduler.start()
+            self.scale(n_workers)
+        except BaseException:
+            self.close()
+            raise
+        self._status = "running"
+        _live.add(self)
+
+    @property
+    def scheduler_address(self) -> str:
+        return self.scheduler.address
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return None
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def __repr__(self) -> str:
+        return (f"<LocalCluster {self.scheduler_address} workers={len(self.workers)} "
+                f"{self._status}>")
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _new_worker(self) -> Nanny | Worker:
+        kw = dict(nthreads=self.threads_per_worker, token=self.token, config=self.config,
+                  resources=self.resources, memory_limit=self.memory_limit, host="127.0.0.1")
+        if self.processes:
+            return Nanny(self.scheduler_address, loop=self.loop, **kw)
+        return Worker(self.scheduler_address, loop=self.loop, **kw)
+
+    def scale(self, n: int, timeout: float = 60.0) -> None:
+        """Start or stop workers until there are ``n``; returns once they serve."""
+        with self._lock:
+            if self._status in ("closing", "closed"):
+                raise ClusterClosedError("scale() on a closed LocalCluster")
+            if n > len(self.workers):
+                new = [self._new_worker() for _ in range(n - len(self.workers))]
+                self.workers.extend(new)
+                if self.processes:       # spawn all, then wait: start-up in parallel
+                    for w in new:
+                        w.start_nowait()
+                    for w in new:
+                        w.wait_started(timeout)
+                else:
+                    for w in new:
+                        w.start()
+            elif n < len(self.workers):
+                gone = self.workers[n:]
+                del self.workers[n:]
+                self._close_workers(gone)
+
+    def _close_workers(self, workers: list, timeout: float | None = None) -> None:
+        """Close many workers in parallel under one deadline (``timeout`` seconds)."""
+        deadline = time.monotonic() + (timeout or self.config.close_timeout)
+        nannies = [w for w in workers if isinstance(w, Nanny)]
+        for n in nannies:
+            n.begin_close()
+        for n in nannies:
+            n.finish_close(deadline)
+        for w in workers:
+            if isinstance(w, Worker):
+                w.close(max(0.1, deadline - time.monotonic()))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop workers (ask, SIGTERM, SIGKILL), the scheduler and the loop. Idempotent."""
+        with self._lock:
+            if self._status == "closed":
+                return
+            self._status = "closing"
+            workers, self.workers = self.workers, []
+        try:
+            self._close_workers(workers, timeout)
+        finally:
+            self.scheduler.close()
+            self.loop.close()
+            self._status = "closed"
+            _live.discard(self)
+
+
+@atexit.register
+def _close_forgotten_clusters() -> None:
+    for cluster in list(_live):
+        cluster.close()

@@ -1,0 +1,106 @@
+"""Every exception mpnet raises, in one place.
+
+::
+
+    MpnetError
+     ├── ProtocolError            a peer broke the wire protocol (one connection closes)
+     ├── AuthenticationError      the peer does not hold the cluster's token
+     ├── CommClosedError          a connection closed while something waited on it
+     │    └── ConnectTimeoutError nothing answered at an address within the timeout
+     ├── SerializationError       an object could not be pickled / unpickled
+     ├── ClusterClosedError       the client, cluster or scheduler is closed
+     ├── WorkerLostError          data or a task was lost with a worker
+     │    └── KilledWorkerError   a task was on every worker that died running it
+     ├── ActorDiedError           the worker hosting an actor died
+     └── VersionMismatchError     software differs between client, scheduler and workers
+
+    concurrent.futures.CancelledError  a cancelled future (the standard one, so
+                                       ``concurrent.futures`` code keeps working)
+    RemoteTraceback                    the remote traceback chained as ``__cause__``
+                                       of a task's re-raised exception
+
+Messages say what happened, where (address, pid, exit code) and what to do next.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import CancelledError
+
+__all__ = [
+    "MpnetError",
+    "ProtocolError",
+    "AuthenticationError",
+    "CommClosedError",
+    "ConnectTimeoutError",
+    "SerializationError",
+    "ClusterClosedError",
+    "WorkerLostError",
+    "KilledWorkerError",
+    "ActorDiedError",
+    "VersionMismatchError",
+    "CancelledError",
+    "RemoteTraceback",
+]
+
+
+class MpnetError(Exception):
+    """Base of every error mpnet raises itself."""
+
+
+class ProtocolError(MpnetError):
+    """A peer sent something that is not mpnet's protocol: the connection is closed."""
+
+
+class AuthenticationError(MpnetError):
+    """The peer did not prove it holds the cluster's token (or we could not)."""
+
+
+class CommClosedError(MpnetError):
+    """A connection closed while a request on it was still waiting for its answer."""
+
+
+class ConnectTimeoutError(CommClosedError, TimeoutError):
+    """Nothing accepted a connection at an address before the timeout ran out."""
+
+
+class SerializationError(MpnetError):
+    """An object could not be pickled or unpickled; the message names its type."""
+
+
+class ClusterClosedError(MpnetError):
+    """The client, cluster or scheduler this call needs has been closed."""
+
+
+class WorkerLostError(MpnetError):
+    """A worker died or left holding the only copy of some data or a running task."""
+
+
+class KilledWorkerError(WorkerLostError):
+    """A task was running on ``allowed_failures + 1`` workers and each of them died.
+
+    The task probably kills its worker itself (a segfault, ``os._exit``, running out of
+    memory); mpnet stops retrying it so the cluster does not restart forever.
+    """
+
+
+class ActorDiedError(MpnetError):
+    """The worker that hosted an actor died and the actor could not answer."""
+
+
+class VersionMismatchError(MpnetError):
+    """Client, scheduler and workers run different versions of important packages."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the text of a traceback that happened in another process.
+
+    A task's exception is re-raised on the client as its original type; this is set as
+    its ``__cause__`` so the remote frames are printed too.
+    """
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return "\n\n" + self.tb.rstrip("\n")

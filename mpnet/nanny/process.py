@@ -1,0 +1,235 @@
+"""One worker process: spawning it, watching it, stopping it by escalation.
+
+::
+
+    nanny's loop ── spawn (multiprocessing, "spawn" start method) ──► child: worker_main
+         ▲  pipe: ("started", address) / ("failed", text) ◄────────────┤
+         │  pipe: "close" / "ping" ─────────────────────────────────────► │ ("pong")
+         └─ process sentinel readable = the child is gone (exit code read then)
+
+The child watches its end of the pipe: when the nanny dies, the pipe reads EOF and
+the worker exits at once, so no worker outlives its nanny.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from ..comm.eventloop import EventLoop
+
+__all__ = ["WorkerProcess", "describe_exit", "worker_main"]
+
+log = logging.getLogger("mpnet.nanny")
+
+
+def describe_exit(code: int | None) -> str:
+    """``-9`` → ``killed by signal 9 (SIGKILL)``; ``3`` → ``exit code 3``."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return f"exit code {code}"
+
+
+class WorkerProcess:
+    """A child process running a :class:`~mpnet.worker.Worker`, owned by one nanny.
+
+    ``on_started(address)``, ``on_failed(text)`` and ``on_exit()`` are called on the loop
+    thread; ``on_exit`` means the child is gone and ``reap()`` gives its exit code.
+    """
+
+    def __init__(self, loop: EventLoop, worker_kwargs: dict, *, start_method: str,
+                 on_started: Callable[[str], None], on_failed: Callable[[str], None],
+                 on_exit: Callable[[], None], env: dict | None = None):
+        self.loop = loop
+        self.worker_kwargs = worker_kwargs
+        self.env = env or {}
+        self._ctx = multiprocessing.get_context(start_method)
+        self._on_started, self._on_failed, self._on_exit = on_started, on_failed, on_exit
+        self.process: Any = None
+        self.pipe: Any = None
+        self.address = ""
+        self.exitcode: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> None:
+        """Spawn the child and watch it from the loop (call from the loop thread)."""
+        parent, child = self._ctx.Pipe()
+        self.process = self._ctx.Process(target=worker_main, args=(child, self.worker_kwargs),
+                                         name="mpnet-worker", daemon=True)
+        with _environ(self.env):
+            self.process.start()
+        child.close()
+        self.pipe = parent
+        self.loop.register(self.pipe, 1, self._on_pipe)
+        self.loop.register(_Fd(self.process.sentinel), 1, self._on_sentinel)
+
+    def _on_pipe(self, mask: int) -> None:
+        try:
+            msg = self.pipe.recv()
+        except (EOFError, OSError):
+            self.loop.unregister(self.pipe)
+            return
+        if msg[0] == "started":
+            self.address = msg[1]
+            self._on_started(msg[1])
+        elif msg[0] == "failed":
+            self._on_failed(msg[1])
+
+    def _on_sentinel(self, mask: int) -> None:
+        # Only tell the owner: exactly one thread may reap the child (waitpid), and
+        # while the nanny is closing that is the thread running stop().
+        self._forget_fds()
+        self._on_exit()
+
+    def reap(self) -> int | None:
+        """The exit code of a child whose sentinel fired (reaps it)."""
+        self.process.join(timeout=1.0)
+        self.exitcode = self.process.exitcode
+        return self.exitcode
+
+    def _forget_fds(self) -> None:
+        if self.pipe is not None:
+            self.loop.unregister(self.pipe)
+        if self.process is not None:
+            self.loop.unregister(_Fd(self.process.sentinel))
+
+    def ask_to_close(self) -> None:
+        """First step of stopping: ask the worker to leave the scheduler and exit."""
+        try:
+            self.pipe.send(("close",))
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def stop(self, deadline: float) -> int | None:
+        """Escalate until the child is gone: wait for it (asked already), SIGTERM, SIGKILL.
+
+        Blocks the calling thread (never the loop thread) until ``deadline``
+        (``time.monotonic()``) at most, plus a short wait after SIGKILL.
+        """
+        proc = self.process
+        if proc is None:
+            return None
+        proc.join(max(0.0, deadline - time.monotonic()) * 0.6)
+        if proc.is_alive():
+            log.warning("worker pid %s did not stop when asked; sending SIGTERM", proc.pid)
+            proc.terminate()
+            proc.join(max(0.05, deadline - time.monotonic()))
+        if proc.is_alive():
+            log.warning("worker pid %s ignored SIGTERM; sending SIGKILL", proc.pid)
+            proc.kill()
+            proc.join(2.0)
+        return proc.exitcode
+
+    def release(self) -> None:
+        """Free the pipe and the process handle (after the child is gone)."""
+        if self.loop.running and not self.loop.in_loop_thread():
+            try:
+                self.loop.run_sync(self._forget_fds, timeout=2)
+            except Exception:   # the loop is stopping: nothing left to unregister from
+                pass
+        else:
+            self._forget_fds()
+        if self.pipe is not None:
+            self.pipe.close()
+        if self.process is not None and not self.process.is_alive():
+            self.process.close()
+
+
+class _Fd:
+    """Lets the selector watch a bare file descriptor (the process sentinel)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Fd) and other.fd == self.fd
+
+    def __hash__(self) -> int:
+        return hash(self.fd)
+
+
+_environ_lock = threading.Lock()
+
+
+class _environ:
+    """Set environment variables for the duration of a spawn (the child inherits them)."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.saved: dict = {}
+
+    def __enter__(self) -> None:
+        if not self.env:
+            return
+        _environ_lock.acquire()
+        for k, v in self.env.items():
+            self.saved[k] = os.environ.get(k)
+            os.environ[k] = str(v)
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.env:
+            return
+        for k, old in self.saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
+        _environ_lock.release()
+
+
+# --- the child side ------------------------------------------------------------------
+
+def worker_main(pipe: Any, kwargs: dict) -> None:
+    """Entry point of a worker process: run a Worker until told to stop or orphaned."""
+    from ..worker.worker import Worker    # imported here: the child needs it, not the nanny
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the nanny's to handle
+    logging.basicConfig(level=kwargs.pop("log_level", logging.WARNING),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    worker = Worker(**kwargs)
+    try:
+        worker.start()
+    except BaseException as e:   # report why, so the nanny and the user see it
+        try:
+            pipe.send(("failed", f"{type(e).__name__}: {e}"))
+        finally:
+            sys.exit(1)
+    pipe.send(("started", worker.address))
+
+    def on_pipe(mask: int) -> None:
+        try:
+            msg = pipe.recv()
+        except (EOFError, OSError):
+            msg = ("orphaned",)
+        if msg[0] == "ping":
+            pipe.send(("pong",))
+            return
+        worker.loop.unregister(pipe)
+        if msg[0] == "orphaned":
+            log.warning("worker %s: its nanny is gone; exiting", worker.address)
+        worker._status = "closing" if worker.status == "running" else worker.status
+        worker._shutdown_on_loop()
+    worker.loop.run_sync(worker.loop.register, pipe, 1, on_pipe)
+    worker.wait_closed()
+    worker.close()
+    pipe.close()

@@ -1,0 +1,324 @@
+"""The scheduler's I/O layer: sockets in, state-machine calls, messages out.
+
+::
+
+    clients ──SUBMIT/RELEASE/CANCEL──►┐                       ┌──COMPUTE/FREE──► workers
+    workers ──TASK_FINISHED/FAILED───►├─ handler ─► SchedulerState ─► outbox ─┤
+    nannies ──WORKER_EXITED──────────►┘    (loop thread only)  └──TASK_DONE──► clients
+
+Everything here runs on one event-loop thread (the scheduler's own, or the loop of the
+LocalCluster that embeds it). The only user payloads unpickled here are the functions
+of ``run_on_scheduler``, which a token holder asks for explicitly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+import uuid
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from ..comm.addressing import format_address, outward_host, parse_address
+from ..comm.auth import resolve_token
+from ..comm.connection import Connection, Listener
+from ..comm.eventloop import EventLoop
+from ..comm.protocol import Msg, check_handlers
+from ..comm.serialize import dumps, dumps_exception, loads
+from ..config import Config, make_config
+from ..errors import ClusterClosedError, ProtocolError
+from ..versions import get_versions
+from .state import ClientState, SchedulerState, WorkerState
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("mpnet.scheduler")
+
+
+class Scheduler:
+    """The scheduler: ``Scheduler(port=8786).start()`` returns once it is serving.
+
+    ``host=None`` listens on every interface (as ``mpnet-scheduler`` does); LocalCluster
+    passes ``127.0.0.1``. ``token=None`` finds one (``MPNET_TOKEN``, then the per-user
+    token file, created if missing); ``auth=False`` accepts anyone and says so.
+    """
+
+    def __init__(self, host: str | None = None, port: int = 8786, *, token: str | None = None,
+                 auth: bool = True, loop: EventLoop | None = None,
+                 config: Config | None = None, **config_overrides: Any):
+        self.config = make_config(config, **config_overrides)
+        self.host, self.port = host, port
+        self.token = resolve_token(token, create=True) if auth else None
+        if not auth:
+            log.warning("scheduler started with --no-auth: anyone who can reach its port "
+                        "can run code on this cluster")
+        self.id = f"scheduler-{uuid.uuid4().hex[:12]}"
+        self.state = SchedulerState(self.config)
+        self._own_loop = loop is None
+        self.loop = loop or EventLoop("mpnet-scheduler-loop")
+        self.listener: Listener | None = None
+        self.address = ""
+        self._status = "created"
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._conns: dict[str, Connection] = {}     # nanny address → connection
+        self._handlers = check_handlers("scheduler", {
+            Msg.REGISTER_CLIENT: self._register_client,
+            Msg.SUBMIT: self._submit,
+            Msg.RELEASE: self._release,
+            Msg.CANCEL: self._cancel,
+            Msg.SCATTER: self._scatter,
+            Msg.RUN: self._run,
+            Msg.RUN_ON_SCHEDULER: self._run_on_scheduler,
+            Msg.INFO: self._info,
+            Msg.WHO_HAS: self._who_has,
+            Msg.REGISTER_WORKER: self._register_worker,
+            Msg.TASK_FINISHED: self._task_finished,
+            Msg.TASK_FAILED: self._task_failed,
+            Msg.MISSING_DATA: self._missing_data,
+            Msg.HEARTBEAT: self._heartbeat,
+            Msg.REGISTER_NANNY: self._register_nanny,
+            Msg.WORKER_EXITED: self._worker_exited,
+        })
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self, address: str | None = None) -> "Scheduler":
+        """Listen (on ``address`` such as ``'tcp://:8786'`` if given) and return."""
+        with self._lock:
+            if self._status != "created":
+                if self._status == "running":
+                    return self
+                raise ClusterClosedError("this Scheduler was closed; create a new one")
+            self._status = "starting"
+        if address is not None:
+            self.host, self.port = parse_address(address, default_port=self.port)
+        self.loop.start()
+        host = "" if self.host is None else self.host
+        try:
+            self.listener = Listener(self.loop, host, self.port, config=self.config,
+                                     token=self.token, role="scheduler",
+                                     info={"id": self.id}, handler=self._dispatch,
+                                     on_close=self._on_close)
+        except OSError:
+            self._status = "closed"
+            if self._own_loop:
+                self.loop.close()
+            raise
+        shown = host if host not in ("", "0.0.0.0") else outward_host()
+        self.address = format_address(shown, self.listener.port)
+        self._status = "running"
+        log.info("Scheduler at: %s", self.address)
+        return self
+
+    def __enter__(self) -> "Scheduler":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def close(self, timeout: float | None = None) -> None:
+        """Tell workers and nannies to stop, drop every connection, stop the loop."""
+        with self._lock:
+            if self._status in ("closing", "closed"):
+                return
+            started = self._status == "running"
+            self._status = "closing"
+        if started:
+            try:
+                self.loop.run_sync(self._close_on_loop, timeout=timeout or 5)
+            except Exception as e:   # the loop is stuck or gone: still free what we own
+                log.warning("scheduler close on its loop failed: %s", e)
+        if self._own_loop:
+            self.loop.close()
+        self._status = "closed"
+        self._closed.set()
+
+    def _close_on_loop(self) -> None:
+        for ws in self.state.workers.values():
+            if ws.link is not None:
+                ws.link.send([Msg.CLOSE_WORKER, "the scheduler is shutting down"])
+        for conn in self._conns.values():
+            conn.send([Msg.CLOSE_WORKER, "the scheduler is shutting down"])
+        for conn in list(self.listener.connections):
+            conn.on_close = None
+            conn.flush()
+        self.listener.close()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the scheduler is closed; False if ``timeout`` seconds passed."""
+        return self._closed.wait(timeout)
+
+    # --- dispatch ------------------------------------------------------------------
+    def _dispatch(self, conn: Connection, msg: list) -> None:
+        handler = self._handlers.get(msg[0])
+        if handler is None:
+            raise ProtocolError(f"the scheduler has no handler for message type {msg[0]}")
+        try:
+            handler(conn, *msg[1:])
+        except TypeError as e:
+            raise ProtocolError(f"malformed {Msg(msg[0]).name} message: {e}") from None
+        self._send_outbox()
+
+    def _send_outbox(self) -> None:
+        for dest, msg in self.state.take_outbox():
+            if dest.link is not None:
+                dest.link.send(msg)
+
+    def _on_close(self, conn: Connection, exc: BaseException | None) -> None:
+        owner = conn.owner_data
+        if isinstance(owner, ClientState):
+            self.state.remove_client(owner.id)
+        elif isinstance(owner, WorkerState):
+            owner.link = None
+            if owner.address in self.state.workers:
+                reason = f"its connection closed ({exc})" if exc else "it closed"
+                if owner.nanny and self._status == "running":
+                    # Its nanny usually reports the exit code within a millisecond.
+                    self.loop.call_later(self.config.lost_worker_grace, self._lost,
+                                         owner.address, reason)
+                else:
+                    self._lost(owner.address, reason)
+        elif isinstance(owner, str):
+            self._conns.pop(owner, None)
+        self._send_outbox()
+
+    def _lost(self, address: str, reason: str) -> None:
+        if address in self.state.workers:
+            log.warning("lost worker %s: %s", address, reason)
+            self.state.remove_worker(address, reason)
+            self._send_outbox()
+
+    # --- clients -------------------------------------------------------------------
+    def _register_client(self, conn: Connection, req_id: int, client_id: str,
+                         versions: dict) -> None:
+        cs = self.state.add_client(client_id, {"versions": versions})
+        cs.link = conn
+        conn.owner_data = cs
+        conn.reply(req_id, True, {"id": self.id, "address": self.address})
+
+    def _submit(self, conn: Connection, key: str, fn: Any, args: Any, deps: list,
+                priority: int, retries: int) -> None:
+        self.state.submit(conn.owner_data, key, fn, args, deps, priority, retries)
+
+    def _release(self, conn: Connection, keys: list) -> None:
+        self.state.release(conn.owner_data, keys)
+
+    def _cancel(self, conn: Connection, keys: list, reason: str) -> None:
+        self.state.cancel(keys, reason)
+
+    def _scatter(self, conn: Connection, req_id: int, items: list, workers: list | None) -> None:
+        try:
+            placed = self.state.scatter(conn.owner_data, [(k, p.nbytes) for k, p in items],
+                                        workers)
+        except RuntimeError as e:
+            conn.reply(req_id, False, str(e))
+            return
+        acks = [placed[key].link.request(Msg.STORE, key, payload) for key, payload in items]
+        self._when_all(acks, lambda results: conn.reply(
+            req_id, True, {key: placed[key].address for key, _ in items}))
+
+    def _when_all(self, futures: list[Future], then: Callable[[list], None]) -> None:
+        """Call ``then([(ok, value), ...])`` on the loop once every future is done."""
+        remaining = [len(futures)]
+        results: list = [None] * len(futures)
+        if not futures:
+            then(results)
+            return
+
+        def done(i: int, fut: Future) -> None:
+            exc = fut.exception()
+            results[i] = (False, str(exc)) if exc else (True, fut.result())
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                then(results)
+                self._send_outbox()
+        for i, fut in enumerate(futures):
+            fut.add_done_callback(lambda f, i=i: done(i, f))
+
+    def _run(self, conn: Connection, req_id: int, fn: Any, workers: list | None) -> None:
+        targets = [ws for ws in self.state.workers.values() if ws.link is not None and (
+            workers is None or ws.address in workers or ws.name in workers)]
+        futures = [ws.link.request(Msg.RUN, fn) for ws in targets]
+        self._when_all(futures, lambda results: conn.reply(req_id, True, [
+            [ws.address, ok, value] for ws, (ok, value) in zip(targets, results)]))
+
+    def _run_on_scheduler(self, conn: Connection, req_id: int, fn: Any) -> None:
+        # Explicitly asked for by a token holder: the one place a payload is unpickled.
+        try:
+            func = loads(fn, what="function")
+            kwargs = {}
+            params = inspect.signature(func).parameters
+            for name in ("mpnet_scheduler", "dask_scheduler"):
+                if name in params:
+                    kwargs[name] = self
+            result = dumps(func(**kwargs), oob_threshold=self.config.oob_threshold,
+                           what="result")
+            conn.reply(req_id, True, [True, result, ""])
+        except Exception as e:   # the user's function: its error goes back to the caller
+            payload, tb = dumps_exception(e)
+            conn.reply(req_id, True, [False, payload, tb])
+
+    def _info(self, conn: Connection, req_id: int) -> None:
+        conn.reply(req_id, True, self.info())
+
+    def info(self) -> dict:
+        """What ``client.scheduler_info()`` returns (loop thread)."""
+        st = self.state
+        return {"type": "Scheduler", "id": self.id, "address": self.address,
+                "pid": os.getpid(), "workers": st.worker_info(), "tasks": len(st.tasks),
+                "ready": len(st.ready), "clients": len(st.clients), "counts": dict(st.counts),
+                "versions": get_versions()}
+
+    def _who_has(self, conn: Connection, req_id: int, keys: list) -> None:
+        tasks = self.state.tasks
+        conn.reply(req_id, True, {k: [w.address for w in tasks[k].who_has]
+                                  for k in keys if k in tasks})
+
+    # --- workers and nannies --------------------------------------------------------
+    def _register_worker(self, conn: Connection, req_id: int, info: dict) -> None:
+        address = info["address"]
+        if address in self.state.workers:
+            conn.reply(req_id, False, f"a worker at {address} is already registered")
+            return
+        ws = self.state.add_worker(address, nthreads=info.get("nthreads", 1),
+                                   name=info.get("name", ""), pid=info.get("pid", 0),
+                                   nanny=info.get("nanny"),
+                                   info={"versions": info.get("versions", {}),
+                                         "resources": info.get("resources", {}),
+                                         "memory_limit": info.get("memory_limit", 0)})
+        ws.link = conn
+        conn.owner_data = ws
+        conn.reply(req_id, True, {"id": self.id, "address": self.address})
+        log.info("registered worker %s (%s, %d threads)", address, ws.name, ws.nthreads)
+
+    def _task_finished(self, conn: Connection, key: str, payload: Any, nbytes: int) -> None:
+        self.state.task_finished(conn.owner_data, key, payload, nbytes)
+
+    def _task_failed(self, conn: Connection, key: str, exc: Any, tb: str) -> None:
+        self.state.task_failed(conn.owner_data, key, exc, tb)
+
+    def _missing_data(self, conn: Connection, key: str, dep: str, holder: str) -> None:
+        self.state.missing_data(conn.owner_data, key, dep, holder)
+
+    def _heartbeat(self, conn: Connection, metrics: dict) -> None:
+        self.state.heartbeat(conn.owner_data, metrics)
+
+    def _register_nanny(self, conn: Connection, req_id: int, info: dict) -> None:
+        conn.owner_data = info["address"]
+        self._conns[info["address"]] = conn
+        conn.reply(req_id, True, {"id": self.id})
+
+    def _worker_exited(self, conn: Connection, address: str, pid: int, code: int | None,
+                       reason: str) -> None:
+        description = f"pid {pid}, {reason}"
+        log.warning("worker %s exited: %s", address, description)
+        self.state.worker_exited(address, description)
+
+    def __repr__(self) -> str:
+        return f"<Scheduler {self.address or '(not started)'} {self._status}>"

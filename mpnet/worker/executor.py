@@ -1,0 +1,68 @@
+"""The worker's executor: ``nthreads`` named threads running tasks off one queue.
+
+::
+
+    loop thread ── submit(job) ──► SimpleQueue ──► mpnet-worker-exec-N ── job() ──┐
+    loop thread ◄──────────── call_soon_threadsafe(on_done, ...) ◄────────────────┘
+
+A job unpickles its function and arguments, runs, and pickles its result on the
+executor thread, so the loop thread never spends time on user objects.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable
+
+__all__ = ["Executor"]
+
+
+class Executor:
+    def __init__(self, nthreads: int, name: str = "mpnet-worker-exec"):
+        self.nthreads = nthreads
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(nthreads)]
+        self.executing = 0
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            for t in self._threads:
+                t.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._lock:
+                self.executing += 1
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self.executing -= 1
+
+    def close(self, timeout: float = 5.0) -> list[str]:
+        """Stop taking jobs and join the threads; return names of threads still busy.
+
+        A task stuck in user code cannot be interrupted from Python: its thread is a
+        daemon, so the process can still exit; the caller decides whether to wait.
+        """
+        for _ in self._threads:
+            self._queue.put(None)
+        if not self._started:
+            return []
+        stuck = []
+        for t in self._threads:
+            t.join(timeout)
+            if t.is_alive():
+                stuck.append(t.name)
+        return stuck

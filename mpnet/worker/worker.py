@@ -1,0 +1,414 @@
+"""A worker: runs tasks on ``nthreads`` threads, keeps results, serves them to peers.
+
+::
+
+    scheduler ──COMPUTE──► loop thread ──(inputs here?)──► executor threads ── run ──┐
+                              │  no: GET_DATA to the peer that holds them            │
+    peers, clients ◄─GET_DATA─┤                                                      │
+    scheduler ◄─TASK_FINISHED (result inline when small) ◄── call_soon_threadsafe ───┘
+
+The loop thread owns every socket; executor threads only unpickle, run and pickle.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import psutil
+
+from ..comm.addressing import format_address, outward_host, parse_address
+from ..comm.auth import resolve_token
+from ..comm.connection import Connection, Listener, connect, connect_sync
+from ..comm.eventloop import EventLoop
+from ..comm.protocol import Msg, check_handlers
+from ..comm.serialize import Payload, dumps, dumps_exception, loads, loads_task_args
+from ..config import Config, make_config
+from ..errors import ClusterClosedError, ProtocolError
+from ..versions import get_versions
+from .executor import Executor
+from .store import DataStore
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("mpnet.worker")
+
+_FN_CACHE_SIZE = 512
+
+
+class _Task:
+    __slots__ = ("key", "fn", "args", "deps", "missing")
+
+    def __init__(self, key: str, fn: Payload, args: Payload, deps: list[str]):
+        self.key, self.fn, self.args, self.deps = key, fn, args, deps
+        self.missing: set[str] = set()
+
+
+class Worker:
+    """``Worker('tcp://host:8786', nthreads=2).start()`` returns once registered.
+
+    ``host=None`` listens on loopback when the scheduler is on loopback, otherwise on
+    every interface. ``nanny`` is the address of the supervising nanny, if any.
+    """
+
+    def __init__(self, scheduler_address: str, *, nthreads: int = 1, name: str | None = None,
+                 host: str | None = None, port: int = 0, token: str | None = None,
+                 nanny: str | None = None, resources: dict | None = None,
+                 memory_limit: int = 0, loop: EventLoop | None = None,
+                 config: Config | None = None, **config_overrides: Any):
+        self.config = make_config(config, **config_overrides)
+        self.scheduler_address = scheduler_address
+        sched_host, _ = parse_address(scheduler_address)
+        if host is None:
+            host = "127.0.0.1" if sched_host in ("127.0.0.1", "localhost", "") else ""
+        self.host, self.port = host, port
+        self.nthreads = max(1, int(nthreads))
+        self.name = name
+        self.token = resolve_token(token)
+        self.nanny = nanny
+        self.resources = dict(resources or {})
+        self.memory_limit = memory_limit
+        self._own_loop = loop is None
+        self.loop = loop or EventLoop("mpnet-worker-loop")
+        self.store = DataStore(self.config.oob_threshold)
+        self.tasks: dict[str, _Task] = {}
+        self.executor = Executor(self.nthreads)
+        self.address = ""
+        self.listener: Listener | None = None
+        self.scheduler: Connection | None = None
+        self._owned: set[str] = set()          # keys the scheduler placed here
+        self._borrowed: dict[str, int] = {}     # fetched inputs → tasks still using them
+        self._fetching: dict[str, list[str]] = {}
+        self._peers: dict[str, Future] = {}
+        self._functions: dict[bytes, Any] = {}
+        self._run_threads: set[threading.Thread] = set()
+        self._heartbeat_timer = None
+        self._status = "created"
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()       # the loop side has shut down
+        self._closed = threading.Event()        # everything is joined and freed
+        self._process = psutil.Process()
+        self._handlers = check_handlers("worker", {
+            Msg.COMPUTE: self._compute,
+            Msg.FREE: self._free,
+            Msg.STORE: self._store,
+            Msg.RUN: self._run,
+            Msg.CLOSE_WORKER: self._close_requested,
+            Msg.GET_DATA: self._get_data,
+        })
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self) -> "Worker":
+        with self._lock:
+            if self._status != "created":
+                raise ClusterClosedError(f"this Worker is {self._status}; create a new one")
+            self._status = "starting"
+        self.loop.start()
+        try:
+            self.listener = Listener(self.loop, self.host, self.port, config=self.config,
+                                     token=self.token, role="worker", info={},
+                                     handler=self._dispatch)
+            shown = self.host or outward_host()
+            self.address = format_address(shown, self.listener.port)
+            self.name = self.name or self.address
+            log.info("Start worker at: %s", self.address)
+            self.scheduler = connect_sync(
+                self.loop, self.scheduler_address, config=self.config, token=self.token,
+                role="worker", info={"address": self.address}, handler=self._dispatch,
+                on_close=self._scheduler_closed)
+            reply = self.loop.run_sync(self.scheduler.request, Msg.REGISTER_WORKER, {
+                "address": self.address, "nthreads": self.nthreads, "name": self.name,
+                "pid": os.getpid(), "nanny": self.nanny, "resources": self.resources,
+                "memory_limit": self.memory_limit, "versions": get_versions()})
+            reply.result(self.config.connect_timeout)
+        except BaseException:
+            self._status = "running"   # so close() frees what start() made
+            self.close()
+            raise
+        self.executor.start()
+        self._status = "running"
+        self.loop.call_soon_threadsafe(self._heartbeat)
+        log.info("Registered to: %s", self.scheduler_address)
+        return self
+
+    def __enter__(self) -> "Worker":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def close(self, timeout: float | None = None) -> None:
+        """Leave the scheduler, stop the executor, free sockets and threads. Idempotent;
+        bounded by ``timeout`` seconds (``config.close_timeout`` by default)."""
+        timeout = self.config.close_timeout if timeout is None else timeout
+        with self._lock:
+            if self._status in ("closed", "created"):
+                self._status = "closed"
+                self._closed.set()
+                return
+            first = self._status != "closing"
+            self._status = "closing"
+        if first and not self._stopped.is_set():
+            try:
+                self.loop.run_sync(self._shutdown_on_loop, timeout=timeout)
+            except Exception as e:
+                log.warning("worker %s: shutdown on its loop failed: %s", self.address, e)
+        if self.loop.in_loop_thread():
+            return                       # a later close() from another thread joins
+        deadline = time.monotonic() + timeout
+        stuck = self.executor.close(timeout=max(0.1, deadline - time.monotonic()))
+        if stuck:
+            log.warning("worker %s: tasks still running in %s at close", self.address, stuck)
+        for t in list(self._run_threads):
+            t.join(max(0.1, deadline - time.monotonic()))
+        if self._own_loop:
+            self.loop.close(max(0.1, deadline - time.monotonic()))
+        self._status = "closed"
+        self._closed.set()
+
+    def _shutdown_on_loop(self) -> None:
+        """Close every socket (loop thread). Safe to call more than once."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+        for fut in self._peers.values():
+            if fut.done() and not fut.exception():
+                fut.result().close()
+        self._peers.clear()
+        if self.scheduler is not None:
+            self.scheduler.on_close = None
+            self.scheduler.flush()
+            self.scheduler.close()
+        if self.listener is not None:
+            self.listener.close()
+        self.tasks.clear()
+        self.store.clear()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the worker has stopped serving (closed, or its scheduler left)."""
+        return self._stopped.wait(timeout)
+
+    def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
+        if self._status == "running":
+            log.warning("worker %s lost its scheduler %s: %s; shutting down",
+                        self.address, self.scheduler_address, exc or "closed")
+            self._status = "closing"
+            self._shutdown_on_loop()
+
+    def _close_requested(self, conn: Connection, reason: str) -> None:
+        log.info("worker %s asked to close: %s", self.address, reason)
+        self._status = "closing"
+        self._shutdown_on_loop()
+
+    # --- dispatch ------------------------------------------------------------------
+    def _dispatch(self, conn: Connection, msg: list) -> None:
+        handler = self._handlers.get(msg[0])
+        if handler is None:
+            raise ProtocolError(f"a worker has no handler for message type {msg[0]}")
+        try:
+            handler(conn, *msg[1:])
+        except TypeError as e:
+            raise ProtocolError(f"malformed {Msg(msg[0]).name} message: {e}") from None
+
+    # --- computing -----------------------------------------------------------------
+    def _compute(self, conn: Connection, key: str, fn: Payload, args: Payload,
+                 who_has: list) -> None:
+        if key in self.tasks or self._status != "running":
+            return
+        task = self.tasks[key] = _Task(key, fn, args, [dep for dep, _ in who_has])
+        by_holder: dict[str, list[str]] = {}
+        for dep, holders in who_has:
+            if dep in self.store:
+                self._borrowed[dep] = self._borrowed.get(dep, 0) + 1
+                continue
+            task.missing.add(dep)
+            waiting = self._fetching.get(dep)
+            if waiting is not None:
+                waiting.append(key)
+                continue
+            self._fetching[dep] = [key]
+            if not holders:
+                self._fetch_failed([dep], "(nobody)")
+                continue
+            by_holder.setdefault(holders[0], []).append(dep)
+        for holder, deps in by_holder.items():
+            self._fetch(holder, deps)
+        if not task.missing and key in self.tasks:
+            self.executor.submit(lambda: self._execute(task))
+
+    def _fetch(self, holder: str, keys: list[str]) -> None:
+        peer = self._peers.get(holder)
+        if peer is None or (peer.done() and (peer.exception() or peer.result().closed)):
+            peer = self._peers[holder] = connect(
+                self.loop, holder, config=self.config, token=self.token, role="worker",
+                info={"address": self.address}, handler=self._dispatch, timeout=2.0)
+
+        def connected(fut: Future) -> None:
+            if fut.exception() is not None:
+                self._fetch_failed(keys, holder)
+                return
+            fut.result().request(Msg.GET_DATA, keys).add_done_callback(got)
+
+        def got(fut: Future) -> None:
+            if fut.exception() is not None:
+                self._fetch_failed(keys, holder)
+                return
+            received = dict(fut.result())
+            for dep in keys:
+                if dep in received:
+                    self._arrived(dep, received[dep])
+            lost = [dep for dep in keys if dep not in received]
+            if lost:
+                self._fetch_failed(lost, holder)
+        peer.add_done_callback(lambda f: self.loop.call_soon(connected, f)
+                               if self.loop.in_loop_thread() else
+                               self.loop.call_soon_threadsafe(connected, f))
+
+    def _arrived(self, dep: str, payload: Payload) -> None:
+        waiting = self._fetching.pop(dep, [])
+        users = [self.tasks[k] for k in waiting if k in self.tasks]
+        if not users or self._status != "running":
+            return
+        self.store.put(dep, payload=payload)
+        self._borrowed[dep] = self._borrowed.get(dep, 0) + len(users)
+        for task in users:
+            task.missing.discard(dep)
+            if not task.missing:
+                self.executor.submit(lambda t=task: self._execute(t))
+
+    def _fetch_failed(self, deps: list[str], holder: str) -> None:
+        for dep in deps:
+            for key in self._fetching.pop(dep, []):
+                if self.tasks.pop(key, None) is not None and self.scheduler is not None:
+                    self.scheduler.send([Msg.MISSING_DATA, key, dep, holder])
+
+    def _function(self, fn: Payload) -> Any:
+        func = self._functions.get(fn.header)
+        if func is None:
+            func = loads(fn, what="function")
+            if len(self._functions) >= _FN_CACHE_SIZE:
+                self._functions.clear()
+            self._functions[fn.header] = func
+        return func
+
+    def _execute(self, task: _Task) -> None:
+        """Executor thread: unpickle, run, pickle; hand the outcome to the loop."""
+        if self.tasks.get(task.key) is not task or self._status != "running":
+            return
+        try:
+            func = self._function(task.fn)
+            args, kwargs = loads_task_args(task.args, {d: self.store.value(d) for d in task.deps})
+            value = func(*args, **kwargs)
+            payload = dumps(value, oob_threshold=self.config.oob_threshold,
+                            what=f"result of {task.key}")
+        except BaseException as e:   # the task's own failure, reported to its caller
+            exc, tb = dumps_exception(e, oob_threshold=self.config.oob_threshold)
+            self.loop.call_soon_threadsafe(self._failed, task, exc, tb)
+            return
+        self.loop.call_soon_threadsafe(self._finished, task, value, payload)
+
+    def _release_inputs(self, task: _Task) -> None:
+        for dep in task.deps:
+            n = self._borrowed.get(dep, 0) - 1
+            if n > 0:
+                self._borrowed[dep] = n
+                continue
+            self._borrowed.pop(dep, None)
+            if dep not in self._owned:
+                self.store.pop(dep)
+
+    def _finished(self, task: _Task, value: Any, payload: Payload) -> None:
+        if self.tasks.get(task.key) is not task:
+            return
+        del self.tasks[task.key]
+        self._release_inputs(task)
+        self.store.put(task.key, value, payload)
+        self._owned.add(task.key)
+        nbytes = payload.nbytes
+        inline = payload if nbytes <= self.config.inline_result_bytes else None
+        self.scheduler.send([Msg.TASK_FINISHED, task.key, inline, nbytes])
+
+    def _failed(self, task: _Task, exc: Payload, tb: str) -> None:
+        if self.tasks.get(task.key) is not task:
+            return
+        del self.tasks[task.key]
+        self._release_inputs(task)
+        self.scheduler.send([Msg.TASK_FAILED, task.key, exc, tb])
+
+    # --- data ----------------------------------------------------------------------
+    def _free(self, conn: Connection, keys: list) -> None:
+        for key in keys:
+            task = self.tasks.pop(key, None)
+            if task is not None:
+                self._release_inputs(task)
+            self._owned.discard(key)
+            if key not in self._borrowed:
+                self.store.pop(key)
+
+    def _store(self, conn: Connection, req_id: int, key: str, payload: Payload) -> None:
+        self.store.put(key, payload=payload)
+        self._owned.add(key)
+        conn.reply(req_id, True, None)
+
+    def _get_data(self, conn: Connection, req_id: int, keys: list) -> None:
+        found = []
+        for key in keys:
+            if key in self.store:
+                try:
+                    found.append([key, self.store.payload(key)])
+                except Exception as e:
+                    log.error("cannot serialize %s for a peer: %s", key, e)
+        conn.reply(req_id, True, found)
+
+    # --- run -----------------------------------------------------------------------
+    def _run(self, conn: Connection, req_id: int, fn: Payload) -> None:
+        def call() -> None:
+            try:
+                func = loads(fn, what="function")
+                kwargs = {}
+                params = inspect.signature(func).parameters
+                for name in ("mpnet_worker", "dask_worker"):
+                    if name in params:
+                        kwargs[name] = self
+                result = [True, dumps(func(**kwargs), what="result"), ""]
+            except BaseException as e:   # the user's function: its error goes back
+                payload, tb = dumps_exception(e)
+                result = [False, payload, tb]
+            self.loop.call_soon_threadsafe(conn.reply, req_id, True, result)
+            self._run_threads.discard(threading.current_thread())
+        t = threading.Thread(target=call, name="mpnet-worker-run", daemon=True)
+        self._run_threads.add(t)
+        t.start()
+
+    # --- heartbeat -----------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        if self._status != "running" or self.scheduler is None:
+            return
+        self.scheduler.send([Msg.HEARTBEAT, self.metrics()])
+        self._heartbeat_timer = self.loop.call_later(self.config.heartbeat_interval,
+                                                     self._heartbeat)
+
+    def metrics(self) -> dict:
+        try:
+            rss = self._process.memory_info().rss
+            cpu = self._process.cpu_percent()
+        except psutil.Error:
+            rss, cpu = 0, 0.0
+        return {"memory": rss, "cpu": cpu, "executing": self.executor.executing,
+                "ready": len(self.tasks), "stored": len(self.store), "nbytes": self.store.nbytes,
+                "time": time.time()}
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.address or '(not started)'} {self._status}>"
+
