@@ -59,6 +59,9 @@ class Client:
         file_token = None
         if address is not None and not isinstance(address, str):
             cluster = address                   # a LocalCluster (or anything alike)
+            if not hasattr(cluster, "scheduler_address"):
+                raise TypeError(f"Client() takes an address like 'tcp://host:8786' or a "
+                                f"cluster, not {type(cluster).__name__}")
             address = cluster.scheduler_address
             token = token or cluster.token
             loop = getattr(cluster, "loop", None)
@@ -77,7 +80,6 @@ class Client:
         self._futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
         self._fn_cache: dict[Any, Payload] = {}
         self._counter = itertools.count()
-        self._to_release: list[str] = []
         self._workers: dict[str, cf.Future] = {}
         self._status = "connecting"
         self._lock = threading.Lock()
@@ -178,21 +180,21 @@ class Client:
             fut._set_error(ClusterClosedError(why))
 
     def _release(self, key: str) -> None:
-        """Called from ``Future.__del__`` on any thread: batch the key for RELEASE."""
+        """Called from ``Future.__del__`` on any thread. The RELEASE goes through the
+        same queue as SUBMIT, so it never overtakes a task submitted before it that
+        depends on this key."""
         if self._status != "open":
             return
-        self._to_release.append(key)
-        if len(self._to_release) == 1:
-            try:
-                self.loop.call_soon_threadsafe(self._flush_releases)
-            except RuntimeError:   # interpreter shutting down
-                pass
+        try:
+            self.loop.call_soon_threadsafe(self._release_on_loop, key)
+        except RuntimeError:   # interpreter shutting down
+            pass
 
-    def _flush_releases(self) -> None:
-        keys, self._to_release = self._to_release, []
-        keys = [k for k in keys if k not in self._futures]   # re-created since?
-        if keys and not self.scheduler.closed:
-            self.scheduler.send([Msg.RELEASE, keys])
+    def _release_on_loop(self, key: str) -> None:
+        # Always sent: a future made again for this key (only possible once the old one
+        # is gone) submits after this RELEASE, in order, and so is computed afresh.
+        if not self.scheduler.closed:
+            self.scheduler.send([Msg.RELEASE, [key]])
 
     # --- submitting ------------------------------------------------------------------
     def _function_payload(self, fn: Callable) -> Payload:

@@ -162,6 +162,7 @@ class as_completed(Iterator):
                  timeout: float | None = None):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
+        self._held: set[cf.Future] = set()   # keeps unfinished futures (and their tasks) alive
         self._lock = threading.Lock()
         self.with_results = with_results
         self._deadline = None if timeout is None else timeout + _now()
@@ -171,6 +172,7 @@ class as_completed(Iterator):
     def add(self, future: cf.Future) -> None:
         with self._lock:
             self._pending += 1
+            self._held.add(future)
         future.add_done_callback(self._queue.put)
 
     def update(self, futures: Iterable[cf.Future]) -> None:
@@ -197,6 +199,7 @@ class as_completed(Iterator):
             raise TimeoutError(f"{self._pending} futures unfinished after the timeout") from None
         with self._lock:
             self._pending -= 1
+            self._held.discard(future)
         if self.with_results:
             return future, future.result()
         return future

@@ -63,7 +63,7 @@ class Msg(enum.IntEnum):
     TASK_LOST = 23           # (key, reason)
 
     # scheduler → worker
-    COMPUTE = 30             # (key, fn, args, [[dep key, [worker address]]])
+    COMPUTE = 30             # (key, fn, args, [[dep key, [worker address]]], priority)
     FREE = 31                # (keys,)
     STORE = 32               # (req_id, key, payload)
     CLOSE_WORKER = 33        # (reason,)

@@ -59,6 +59,7 @@ class WorkerProcess:
         self._on_started, self._on_failed, self._on_exit = on_started, on_failed, on_exit
         self.process: Any = None
         self.pipe: Any = None
+        self._fds: list = []
         self.address = ""
         self.exitcode: int | None = None
 
@@ -75,14 +76,19 @@ class WorkerProcess:
             self.process.start()
         child.close()
         self.pipe = parent
-        self.loop.register(self.pipe, 1, self._on_pipe)
-        self.loop.register(_Fd(self.process.sentinel), 1, self._on_sentinel)
+        # Registered by file descriptor: the selector must be able to forget them even
+        # after the objects are closed.
+        self._fds = [_Fd(parent.fileno()), _Fd(self.process.sentinel)]
+        self.loop.register(self._fds[0], 1, self._on_pipe)
+        self.loop.register(self._fds[1], 1, self._on_sentinel)
 
     def _on_pipe(self, mask: int) -> None:
+        if self.pipe.closed:
+            return
         try:
             msg = self.pipe.recv()
         except (EOFError, OSError):
-            self.loop.unregister(self.pipe)
+            self.loop.unregister(self._fds[0])
             return
         if msg[0] == "started":
             self.address = msg[1]
@@ -103,10 +109,8 @@ class WorkerProcess:
         return self.exitcode
 
     def _forget_fds(self) -> None:
-        if self.pipe is not None:
-            self.loop.unregister(self.pipe)
-        if self.process is not None:
-            self.loop.unregister(_Fd(self.process.sentinel))
+        for fd in self._fds:
+            self.loop.unregister(fd)
 
     def ask_to_close(self) -> None:
         """First step of stopping: ask the worker to leave the scheduler and exit."""
@@ -231,5 +235,5 @@ def worker_main(pipe: Any, kwargs: dict) -> None:
         worker._shutdown_on_loop()
     worker.loop.run_sync(worker.loop.register, pipe, 1, on_pipe)
     worker.wait_closed()
-    worker.close()
+    worker.close(wait_for_tasks=False)   # a task stuck in user code ends with the process
     pipe.close()

@@ -197,8 +197,7 @@ class Scheduler:
     # --- clients -------------------------------------------------------------------
     def _register_client(self, conn: Connection, req_id: int, client_id: str,
                          versions: dict) -> None:
-        cs = self.state.add_client(client_id, {"versions": versions})
-        cs.link = conn
+        cs = self.state.add_client(client_id, {"versions": versions}, link=conn)
         conn.owner_data = cs
         conn.reply(req_id, True, {"id": self.id, "address": self.address})
 
@@ -291,8 +290,8 @@ class Scheduler:
                                    nanny=info.get("nanny"),
                                    info={"versions": info.get("versions", {}),
                                          "resources": info.get("resources", {}),
-                                         "memory_limit": info.get("memory_limit", 0)})
-        ws.link = conn
+                                         "memory_limit": info.get("memory_limit", 0)},
+                                   link=conn)
         conn.owner_data = ws
         conn.reply(req_id, True, {"id": self.id, "address": self.address})
         log.info("registered worker %s (%s, %d threads)", address, ws.name, ws.nthreads)

@@ -118,10 +118,12 @@ class SchedulerState:
         return ws.nthreads + self.config.worker_queue_extra
 
     # --- clients -------------------------------------------------------------------
-    def add_client(self, client_id: str, info: dict | None = None) -> ClientState:
+    def add_client(self, client_id: str, info: dict | None = None,
+                   link: Any = None) -> ClientState:
         cs = self.clients.get(client_id)
         if cs is None:
             cs = self.clients[client_id] = ClientState(client_id, info or {})
+        cs.link = link
         return cs
 
     def remove_client(self, client_id: str) -> None:
@@ -226,7 +228,7 @@ class SchedulerState:
         ts.processing_on = ws
         ws.processing.add(ts)
         who_has = [[d.key, [w.address for w in d.who_has]] for d in ts.dependencies]
-        self._send(ws, [Msg.COMPUTE, ts.key, ts.fn, ts.args, who_has])
+        self._send(ws, [Msg.COMPUTE, ts.key, ts.fn, ts.args, who_has, ts.priority])
 
     def _fill(self, ws: WorkerState) -> None:
         ready = self.ready
@@ -399,8 +401,11 @@ class SchedulerState:
 
     # --- workers -------------------------------------------------------------------
     def add_worker(self, address: str, *, nthreads: int = 1, name: str = "", pid: int = 0,
-                   nanny: str | None = None, info: dict | None = None) -> WorkerState:
+                   nanny: str | None = None, info: dict | None = None,
+                   link: Any = None) -> WorkerState:
+        """A worker joined; ``link`` is the I/O layer's handle for sending to it."""
         ws = WorkerState(address, max(1, nthreads), name or address, pid, nanny, info or {})
+        ws.link = link
         self.workers[address] = ws
         self.exits.pop(address, None)
         self._fill(ws)

@@ -2,7 +2,7 @@
 
 ::
 
-    loop thread ── submit(job) ──► SimpleQueue ──► mpnet-worker-exec-N ── job() ──┐
+    loop thread ── submit(priority, job) ──► PriorityQueue ──► mpnet-worker-exec-N ── job() ──┐
     loop thread ◄──────────── call_soon_threadsafe(on_done, ...) ◄────────────────┘
 
 A job unpickles its function and arguments, runs, and pickles its result on the
@@ -11,17 +11,33 @@ executor thread, so the loop thread never spends time on user objects.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = ["Executor"]
+
+
+class _Last:
+    """Sorts after every priority: stop sentinels come after the queued jobs."""
+
+    def __lt__(self, other: Any) -> bool:
+        return False
+
+    def __gt__(self, other: Any) -> bool:
+        return True
+
+
+_LAST = _Last()
 
 
 class Executor:
     def __init__(self, nthreads: int, name: str = "mpnet-worker-exec"):
         self.nthreads = nthreads
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # (priority, arrival, job): the scheduler's order among tasks queued here
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._arrival = itertools.count()
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(nthreads)]
         self.executing = 0
@@ -34,12 +50,13 @@ class Executor:
             for t in self._threads:
                 t.start()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        self._queue.put(job)
+    def submit(self, job: Callable[[], None], priority: Any = 0) -> None:
+        """Queue ``job``; lower ``priority`` values (as the scheduler sends them) run first."""
+        self._queue.put((priority, next(self._arrival), job))
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
+            job = self._queue.get()[2]
             if job is None:
                 return
             with self._lock:
@@ -57,7 +74,7 @@ class Executor:
         daemon, so the process can still exit; the caller decides whether to wait.
         """
         for _ in self._threads:
-            self._queue.put(None)
+            self._queue.put((_LAST, next(self._arrival), None))
         if not self._started:
             return []
         stuck = []

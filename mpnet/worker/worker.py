@@ -42,10 +42,11 @@ _FN_CACHE_SIZE = 512
 
 
 class _Task:
-    __slots__ = ("key", "fn", "args", "deps", "missing")
+    __slots__ = ("key", "fn", "args", "deps", "priority", "missing")
 
-    def __init__(self, key: str, fn: Payload, args: Payload, deps: list[str]):
+    def __init__(self, key: str, fn: Payload, args: Payload, deps: list[str], priority: list):
         self.key, self.fn, self.args, self.deps = key, fn, args, deps
+        self.priority = priority
         self.missing: set[str] = set()
 
 
@@ -109,6 +110,7 @@ class Worker:
                 raise ClusterClosedError(f"this Worker is {self._status}; create a new one")
             self._status = "starting"
         self.loop.start()
+        self.executor.start()   # the scheduler may send work as soon as we register
         try:
             self.listener = Listener(self.loop, self.host, self.port, config=self.config,
                                      token=self.token, role="worker", info={},
@@ -130,7 +132,6 @@ class Worker:
             self._status = "running"   # so close() frees what start() made
             self.close()
             raise
-        self.executor.start()
         self._status = "running"
         self.loop.call_soon_threadsafe(self._heartbeat)
         log.info("Registered to: %s", self.scheduler_address)
@@ -146,9 +147,13 @@ class Worker:
     def status(self) -> str:
         return self._status
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None, *, wait_for_tasks: bool = True) -> None:
         """Leave the scheduler, stop the executor, free sockets and threads. Idempotent;
-        bounded by ``timeout`` seconds (``config.close_timeout`` by default)."""
+        bounded by ``timeout`` seconds (``config.close_timeout`` by default).
+
+        ``wait_for_tasks=False`` does not wait for tasks still running in user code
+        (their results are dropped anyway): a worker process about to exit uses it.
+        """
         timeout = self.config.close_timeout if timeout is None else timeout
         with self._lock:
             if self._status in ("closed", "created"):
@@ -165,7 +170,8 @@ class Worker:
         if self.loop.in_loop_thread():
             return                       # a later close() from another thread joins
         deadline = time.monotonic() + timeout
-        stuck = self.executor.close(timeout=max(0.1, deadline - time.monotonic()))
+        stuck = self.executor.close(timeout=max(0.1, deadline - time.monotonic())
+                                    if wait_for_tasks else 0.05)
         if stuck:
             log.warning("worker %s: tasks still running in %s at close", self.address, stuck)
         for t in list(self._run_threads):
@@ -223,10 +229,10 @@ class Worker:
 
     # --- computing -----------------------------------------------------------------
     def _compute(self, conn: Connection, key: str, fn: Payload, args: Payload,
-                 who_has: list) -> None:
-        if key in self.tasks or self._status != "running":
+                 who_has: list, priority: list) -> None:
+        if key in self.tasks or self._stopped.is_set():
             return
-        task = self.tasks[key] = _Task(key, fn, args, [dep for dep, _ in who_has])
+        task = self.tasks[key] = _Task(key, fn, args, [dep for dep, _ in who_has], priority)
         by_holder: dict[str, list[str]] = {}
         for dep, holders in who_has:
             if dep in self.store:
@@ -245,7 +251,7 @@ class Worker:
         for holder, deps in by_holder.items():
             self._fetch(holder, deps)
         if not task.missing and key in self.tasks:
-            self.executor.submit(lambda: self._execute(task))
+            self._run_task(task)
 
     def _fetch(self, holder: str, keys: list[str]) -> None:
         peer = self._peers.get(holder)
@@ -278,14 +284,17 @@ class Worker:
     def _arrived(self, dep: str, payload: Payload) -> None:
         waiting = self._fetching.pop(dep, [])
         users = [self.tasks[k] for k in waiting if k in self.tasks]
-        if not users or self._status != "running":
+        if not users or self._stopped.is_set():
             return
         self.store.put(dep, payload=payload)
         self._borrowed[dep] = self._borrowed.get(dep, 0) + len(users)
         for task in users:
             task.missing.discard(dep)
             if not task.missing:
-                self.executor.submit(lambda t=task: self._execute(t))
+                self._run_task(task)
+
+    def _run_task(self, task: _Task) -> None:
+        self.executor.submit(lambda: self._execute(task), task.priority)
 
     def _fetch_failed(self, deps: list[str], holder: str) -> None:
         for dep in deps:
@@ -304,7 +313,7 @@ class Worker:
 
     def _execute(self, task: _Task) -> None:
         """Executor thread: unpickle, run, pickle; hand the outcome to the loop."""
-        if self.tasks.get(task.key) is not task or self._status != "running":
+        if self.tasks.get(task.key) is not task or self._stopped.is_set():
             return
         try:
             func = self._function(task.fn)
