@@ -32,7 +32,7 @@ from .auth import Handshake
 from .eventloop import EventLoop
 from .protocol import FrameDecoder, FrameEncoder, Msg, decode_handshake, encode_handshake
 
-__all__ = ["Connection", "Listener", "connect", "connect_sync"]
+__all__ = ["Connection", "Listener", "connect", "connect_sync", "listen_on_any"]
 
 log = logging.getLogger("mpnet.comm")
 
@@ -388,6 +388,23 @@ class Listener:
         self.sock.close()
         for conn in list(self.connections):
             conn.close()
+
+
+def listen_on_any(ports: int | list[int], make: Callable[[int], Listener]) -> Listener:
+    """``make(port)`` for the first port of ``ports`` that is free (a range's ports)."""
+    candidates = [ports] if isinstance(ports, int) else list(ports)
+    last: OSError | None = None
+    for port in candidates:
+        try:
+            return make(port)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            last = e
+    if len(candidates) > 1:
+        raise OSError(errno.EADDRINUSE, f"every port of {candidates[0]}:{candidates[-1]} is "
+                                        "in use")
+    raise last
 
 
 def connect(loop: EventLoop, address: str, *, config: Config, token: str | None, role: str,

@@ -55,18 +55,21 @@ class Msg(enum.IntEnum):
     RUN_ON_SCHEDULER = 16    # (req_id, fn: Payload)
     INFO = 17                # (req_id,)
     WHO_HAS = 18             # (req_id, keys)
+    REGISTER_PLUGIN = 19     # (req_id, "scheduler" | "worker" | "nanny", name, payload)
 
     # scheduler → client
     TASK_DONE = 20           # (key, payload | None, worker address, nbytes)
     TASK_ERRED = 21          # (key, exception payload, traceback text)
     TASK_CANCELLED = 22      # (key, reason)
-    TASK_LOST = 23           # (key, reason)
+    TASK_LOST = 23           # (key, "killed" | "lost", reason)
 
     # scheduler → worker
     COMPUTE = 30             # (key, fn, args, [[dep key, [worker address]]], priority)
     FREE = 31                # (keys,)
     STORE = 32               # (req_id, key, payload)
-    CLOSE_WORKER = 33        # (reason,)
+    CLOSE_WORKER = 33        # (reason,)                also scheduler → nanny
+    PLUGIN = 34              # (name, payload)          also scheduler → nanny: install
+    PLUGIN_INSTALL = 35      # (req_id, name, payload)  the same, answered: REPLY(error text)
 
     # worker → scheduler
     REGISTER_WORKER = 40     # (req_id, info: dict)

@@ -21,12 +21,16 @@ import uuid
 from concurrent.futures import Future
 from typing import Any
 
+from ..comm.addressing import format_address, outward_host, parse_address
 from ..comm.auth import resolve_token
-from ..comm.connection import Connection, connect_sync
+from ..comm.connection import Connection, Listener, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Msg, check_handlers
 from ..config import Config, make_config
+from ..comm.serialize import loads
 from ..errors import ClusterClosedError, MpnetError, ProtocolError
+from ..plugins import call_hook, plugin_name
+from ..preload import load_preloads
 from .process import WorkerProcess, describe_exit
 
 __all__ = ["Nanny"]
@@ -38,26 +42,46 @@ _MAX_DELAY = 5.0
 
 
 class Nanny:
-    """``Nanny('tcp://host:8786', nthreads=2).start()`` returns once its worker serves."""
+    """``Nanny('tcp://host:8786', nthreads=2).start()`` returns once its worker serves.
+
+    The nanny listens on ``port`` (a port or a list to try) for the scheduler's
+    commands; ``worker_port`` is passed to its worker. ``preload`` / ``preload_argv``
+    run in the worker process; ``preload_nanny`` / ``preload_nanny_argv`` here.
+    """
 
     def __init__(self, scheduler_address: str, *, nthreads: int = 1, name: str | None = None,
-                 host: str | None = None, worker_port: int = 0, token: str | None = None,
-                 resources: dict | None = None, memory_limit: int = 0,
-                 env: dict | None = None, loop: EventLoop | None = None,
-                 config: Config | None = None, **config_overrides: Any):
+                 host: str | None = None, port: int | list[int] = 0,
+                 worker_port: int | list[int] = 0, contact_address: str | None = None,
+                 token: str | None = None, resources: dict | None = None,
+                 memory_limit: int = 0, local_directory: str | None = None,
+                 preload: Any = None, preload_argv: Any = (), preload_nanny: Any = None,
+                 preload_nanny_argv: Any = (), plugins: Any = (), env: dict | None = None,
+                 loop: EventLoop | None = None, config: Config | None = None,
+                 **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         self.scheduler_address = scheduler_address
         self.token = resolve_token(token)
+        sched_host, _ = parse_address(scheduler_address)
+        self.host = host if host is not None else (
+            "127.0.0.1" if sched_host in ("127.0.0.1", "localhost", "") else "")
+        self.port = port
         self.id = f"nanny-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.address = ""
+        self.preloads = load_preloads(preload_nanny, preload_nanny_argv)
+        self.plugins: dict[str, Any] = {plugin_name(p): p for p in plugins}
         self.worker_kwargs = dict(scheduler_address=scheduler_address, nthreads=nthreads,
-                                  name=name, host=host, port=worker_port, token=self.token,
+                                  name=name, host=host, port=worker_port,
+                                  contact_address=contact_address, token=self.token,
                                   nanny=self.id, resources=resources,
-                                  memory_limit=memory_limit, config=self.config,
+                                  memory_limit=memory_limit, local_directory=local_directory,
+                                  preload=preload, preload_argv=list(preload_argv),
+                                  config=self.config,
                                   log_level=logging.getLogger("mpnet").getEffectiveLevel())
         self.env = env or {}
         self._own_loop = loop is None
         self.loop = loop or EventLoop("mpnet-nanny-loop")
         self.scheduler: Connection | None = None
+        self.listener: Listener | None = None
         self.process: WorkerProcess | None = None
         self.worker_address = ""
         self.restarts = 0
@@ -68,7 +92,11 @@ class Nanny:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._restart_timer = None
-        self._handlers = check_handlers("nanny", {Msg.CLOSE_WORKER: self._close_requested})
+        self._handlers = check_handlers("nanny", {
+            Msg.CLOSE_WORKER: self._close_requested,
+            Msg.PLUGIN: self._plugin,
+            Msg.PLUGIN_INSTALL: self._plugin_install,
+        })
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self, timeout: float | None = None) -> "Nanny":
@@ -85,12 +113,22 @@ class Nanny:
             self._status = "running"
         self.loop.start()
         try:
+            self.listener = listen_on_any(self.port, lambda port: Listener(
+                self.loop, self.host, port, config=self.config, token=self.token,
+                role="nanny", info={}, handler=self._dispatch))
+            self.address = format_address(self.host or outward_host(), self.listener.port)
+            self.id = self.address
+            self.worker_kwargs["nanny"] = self.address
+            for preload in self.preloads:
+                preload.setup(self)
+            for plugin in self.plugins.values():
+                getattr(plugin, "setup", lambda n: None)(self)
             self.scheduler = connect_sync(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
-                role="nanny", info={"id": self.id}, handler=self._dispatch,
+                role="nanny", info={"address": self.address}, handler=self._dispatch,
                 on_close=self._scheduler_closed)
             self.loop.run_sync(self.scheduler.request, Msg.REGISTER_NANNY,
-                               {"address": self.id}).result(self.config.connect_timeout)
+                               {"address": self.address}).result(self.config.connect_timeout)
             self.loop.run_sync(self._spawn)
         except BaseException:
             self.close()
@@ -156,11 +194,13 @@ class Nanny:
         if self.process is not None:
             self.process.stop(deadline)
             self.process.release()
-        if self.scheduler is not None:
-            try:
-                self.loop.run_sync(self._drop_scheduler, timeout=2)
-            except Exception:   # the loop is already stopped: its sockets are closed
-                pass
+        for preload in self.preloads:
+            preload.teardown(self)
+        call_hook(self.plugins, "teardown", self)
+        try:
+            self.loop.run_sync(self._drop_connections, timeout=2)
+        except Exception:   # the loop is already stopped: its sockets are closed
+            pass
         if self._own_loop:
             self.loop.close()
         if not self._started.done():
@@ -168,10 +208,13 @@ class Nanny:
         self._status = "closed"
         self._closed.set()
 
-    def _drop_scheduler(self) -> None:
-        self.scheduler.on_close = None
-        self.scheduler.flush()
-        self.scheduler.close()
+    def _drop_connections(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.on_close = None
+            self.scheduler.flush()
+            self.scheduler.close()
+        if self.listener is not None:
+            self.listener.close()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         return self._closed.wait(timeout)
@@ -233,6 +276,19 @@ class Nanny:
         if handler is None:
             raise ProtocolError(f"a nanny has no handler for message type {msg[0]}")
         handler(conn, *msg[1:])
+
+    def _plugin(self, conn: Connection, name: str, payload: Any) -> str:
+        try:
+            plugin = loads(payload, what=f"nanny plugin {name}")
+            self.plugins[name] = plugin
+            getattr(plugin, "setup", lambda n: None)(self)
+        except Exception as e:   # reported to whoever registered it; the nanny goes on
+            log.exception("%s: plugin %r failed to install", self.id, name)
+            return f"{self.id}: plugin {name!r} failed: {type(e).__name__}: {e}"
+        return ""
+
+    def _plugin_install(self, conn: Connection, req_id: int, name: str, payload: Any) -> None:
+        conn.reply(req_id, True, self._plugin(conn, name, payload))
 
     def _close_requested(self, conn: Connection, reason: str) -> None:
         log.info("%s asked to close: %s", self.id, reason)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import socket
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -28,8 +30,11 @@ from ..comm.eventloop import EventLoop
 from ..comm.protocol import Msg, check_handlers
 from ..comm.serialize import dumps, dumps_exception, loads
 from ..config import Config, make_config
+from ..deploy.scheduler_file import remove_scheduler_file, write_scheduler_file
 from ..errors import ClusterClosedError, ProtocolError
-from ..versions import get_versions
+from ..plugins import call_hook, plugin_name
+from ..preload import load_preloads
+from ..versions import format_mismatches, get_versions, mismatches
 from .state import ClientState, SchedulerState, WorkerState
 
 __all__ = ["Scheduler"]
@@ -43,13 +48,29 @@ class Scheduler:
     ``host=None`` listens on every interface (as ``mpnet-scheduler`` does); LocalCluster
     passes ``127.0.0.1``. ``token=None`` finds one (``MPNET_TOKEN``, then the per-user
     token file, created if missing); ``auth=False`` accepts anyone and says so.
+    ``scheduler_file`` is written once serving and removed at close. ``preload`` names
+    modules or ``.py`` files whose ``mpnet_setup(scheduler)`` runs at start
+    (``preload_argv`` feeds their click options). ``idle_timeout`` (seconds) closes a
+    scheduler that has had no client and no task for that long.
     """
 
     def __init__(self, host: str | None = None, port: int = 8786, *, token: str | None = None,
                  auth: bool = True, loop: EventLoop | None = None,
+                 scheduler_file: str | None = None, preload: Any = None,
+                 preload_argv: Any = (), plugins: Any = (), idle_timeout: float | None = None,
+                 dashboard_address: str | None = None,
                  config: Config | None = None, **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         self.host, self.port = host, port
+        self.scheduler_file = scheduler_file
+        self.preloads = load_preloads(preload, preload_argv)
+        self.plugins: dict[str, Any] = {}
+        self.worker_plugins: dict[str, Any] = {}    # name → payload, for joining workers
+        self.nanny_plugins: dict[str, Any] = {}
+        self.idle_timeout = idle_timeout
+        self.dashboard_address = dashboard_address
+        self.dashboard_link: str | None = None      # the dashboard issue fills this in
+        self._idle_since = time.monotonic()
         self.token = resolve_token(token, create=True) if auth else None
         if not auth:
             log.warning("scheduler started with --no-auth: anyone who can reach its port "
@@ -81,7 +102,10 @@ class Scheduler:
             Msg.HEARTBEAT: self._heartbeat,
             Msg.REGISTER_NANNY: self._register_nanny,
             Msg.WORKER_EXITED: self._worker_exited,
+            Msg.REGISTER_PLUGIN: self._register_plugin,
         })
+        for plugin in plugins:
+            self.add_plugin(plugin)
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self, address: str | None = None) -> "Scheduler":
@@ -110,7 +134,58 @@ class Scheduler:
         self.address = format_address(shown, self.listener.port)
         self._status = "running"
         log.info("Scheduler at: %s", self.address)
+        try:
+            for preload in self.preloads:
+                preload.setup(self)
+            self.loop.run_sync(self._start_plugins)
+            if self.scheduler_file:
+                write_scheduler_file(self.scheduler_file, self.identity())
+        except BaseException:
+            self.close()
+            raise
+        if self.idle_timeout:
+            self.loop.call_soon_threadsafe(self._check_idle)
         return self
+
+    @property
+    def workers(self) -> dict:
+        """``{address: WorkerState}`` of the workers now registered (as in dask)."""
+        return self.state.workers
+
+    def identity(self) -> dict:
+        """What the scheduler file holds."""
+        return {"type": "Scheduler", "id": self.id, "address": self.address,
+                "dashboard": self.dashboard_link, "pid": os.getpid(),
+                "host": socket.gethostname(), "started": time.time(), "token": self.token}
+
+    def _start_plugins(self) -> None:
+        call_hook(self.plugins, "start", self)
+
+    def add_plugin(self, plugin: Any, name: str | None = None) -> None:
+        """Install a :class:`~mpnet.SchedulerPlugin` (from any thread)."""
+        name = name or plugin_name(plugin)
+
+        def add() -> None:
+            self.plugins[name] = plugin
+            if hasattr(plugin, "transition"):
+                self.state.on_transition = self._transition_hook
+            if self._status == "running":
+                call_hook({name: plugin}, "start", self)
+        self.loop.run_sync(add) if self.loop.running else add()
+
+    def _transition_hook(self, key: str, start: str, finish: str) -> None:
+        call_hook(self.plugins, "transition", key, start, finish)
+
+    def _check_idle(self) -> None:
+        if self._status != "running":
+            return
+        if self.state.clients or self.state.tasks:
+            self._idle_since = time.monotonic()
+        elif time.monotonic() - self._idle_since > self.idle_timeout:
+            log.info("scheduler idle for %ss: closing", self.idle_timeout)
+            threading.Thread(target=self.close, name="mpnet-scheduler-idle-close").start()
+            return
+        self.loop.call_later(min(1.0, self.idle_timeout / 4), self._check_idle)
 
     def __enter__(self) -> "Scheduler":
         return self.start()
@@ -130,16 +205,21 @@ class Scheduler:
             started = self._status == "running"
             self._status = "closing"
         if started:
+            for preload in self.preloads:
+                preload.teardown(self)
             try:
                 self.loop.run_sync(self._close_on_loop, timeout=timeout or 5)
             except Exception as e:   # the loop is stuck or gone: still free what we own
                 log.warning("scheduler close on its loop failed: %s", e)
+            if self.scheduler_file:
+                remove_scheduler_file(self.scheduler_file, self.id)
         if self._own_loop:
             self.loop.close()
         self._status = "closed"
         self._closed.set()
 
     def _close_on_loop(self) -> None:
+        call_hook(self.plugins, "close")
         for ws in self.state.workers.values():
             if ws.link is not None:
                 ws.link.send([Msg.CLOSE_WORKER, "the scheduler is shutting down"])
@@ -174,6 +254,7 @@ class Scheduler:
         owner = conn.owner_data
         if isinstance(owner, ClientState):
             self.state.remove_client(owner.id)
+            call_hook(self.plugins, "remove_client", self, owner.id)
         elif isinstance(owner, WorkerState):
             owner.link = None
             if owner.address in self.state.workers:
@@ -192,6 +273,7 @@ class Scheduler:
         if address in self.state.workers:
             log.warning("lost worker %s: %s", address, reason)
             self.state.remove_worker(address, reason)
+            call_hook(self.plugins, "remove_worker", self, address)
             self._send_outbox()
 
     # --- clients -------------------------------------------------------------------
@@ -199,7 +281,12 @@ class Scheduler:
                          versions: dict) -> None:
         cs = self.state.add_client(client_id, {"versions": versions}, link=conn)
         conn.owner_data = cs
-        conn.reply(req_id, True, {"id": self.id, "address": self.address})
+        call_hook(self.plugins, "add_client", self, client_id)
+        everyone = {"scheduler": get_versions(), "client": versions,
+                    **{a: w.info.get("versions", {}) for a, w in self.state.workers.items()}}
+        table = format_mismatches(mismatches(everyone))
+        conn.reply(req_id, True, {"id": self.id, "address": self.address,
+                                  "version_mismatch": table})
 
     def _submit(self, conn: Connection, key: str, fn: Any, args: Any, deps: list,
                 priority: int, retries: int) -> None:
@@ -293,8 +380,16 @@ class Scheduler:
                                          "memory_limit": info.get("memory_limit", 0)},
                                    link=conn)
         conn.owner_data = ws
+        for name, payload in self.worker_plugins.items():   # before any task reaches it
+            conn.send([Msg.PLUGIN, name, payload])
         conn.reply(req_id, True, {"id": self.id, "address": self.address})
         log.info("registered worker %s (%s, %d threads)", address, ws.name, ws.nthreads)
+        call_hook(self.plugins, "add_worker", self, address)
+        table = format_mismatches(mismatches({"scheduler": get_versions(),
+                                              address: info.get("versions", {})}))
+        if table:
+            log.warning("worker %s runs different software than the scheduler:\n%s",
+                        address, table)
 
     def _task_finished(self, conn: Connection, key: str, payload: Any, nbytes: int) -> None:
         self.state.task_finished(conn.owner_data, key, payload, nbytes)
@@ -311,6 +406,8 @@ class Scheduler:
     def _register_nanny(self, conn: Connection, req_id: int, info: dict) -> None:
         conn.owner_data = info["address"]
         self._conns[info["address"]] = conn
+        for name, payload in self.nanny_plugins.items():
+            conn.send([Msg.PLUGIN, name, payload])
         conn.reply(req_id, True, {"id": self.id})
 
     def _worker_exited(self, conn: Connection, address: str, pid: int, code: int | None,
@@ -318,6 +415,27 @@ class Scheduler:
         description = f"pid {pid}, {reason}"
         log.warning("worker %s exited: %s", address, description)
         self.state.worker_exited(address, description)
+
+    def _register_plugin(self, conn: Connection, req_id: int, kind: str, name: str,
+                         payload: Any) -> None:
+        """``client.register_plugin``: install now everywhere, and on every later join."""
+        if kind == "scheduler":
+            try:   # explicitly asked for by a token holder, as run_on_scheduler
+                self.add_plugin(loads(payload, what="scheduler plugin"), name)
+            except Exception as e:
+                conn.reply(req_id, False, f"scheduler plugin {name!r}: {e}")
+                return
+            conn.reply(req_id, True, None)
+            return
+        if kind == "worker":
+            self.worker_plugins[name] = payload
+            targets = [ws.link for ws in self.state.workers.values() if ws.link is not None]
+        else:
+            self.nanny_plugins[name] = payload
+            targets = list(self._conns.values())
+        acks = [link.request(Msg.PLUGIN_INSTALL, name, payload) for link in targets]
+        self._when_all(acks, lambda results: conn.reply(req_id, True, [
+            value for ok, value in results if not ok or value]))
 
     def __repr__(self) -> str:
         return f"<Scheduler {self.address or '(not started)'} {self._status}>"

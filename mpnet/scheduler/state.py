@@ -31,6 +31,7 @@ from ..comm.protocol import Msg
 from ..config import Config
 
 ACTIVE = frozenset({"waiting", "ready", "processing"})
+_MAX_EXITS = 1000      # remembered worker exits, for KilledWorkerError messages
 
 __all__ = ["SchedulerState", "TaskState", "WorkerState", "ClientState"]
 
@@ -104,9 +105,18 @@ class SchedulerState:
         self.outbox: list[tuple[Any, list]] = []
         self.exits: dict[str, str] = {}          # worker address → "pid 12, exit code 3"
         self.counts = {"submitted": 0, "finished": 0, "erred": 0, "workers_lost": 0}
+        #: called as on_transition(key, start, finish) for every change (plugins)
+        self.on_transition: Any = None
         self._seq = itertools.count()
 
     # --- helpers -------------------------------------------------------------------
+    def _to(self, ts: TaskState, state: str) -> None:
+        """Every state change goes through here, so plugins can watch them."""
+        start = ts.state
+        ts.state = state
+        if self.on_transition is not None:
+            self.on_transition(ts.key, start, state)
+
     def _send(self, dest: Any, msg: list) -> None:
         self.outbox.append((dest, msg))
 
@@ -150,7 +160,7 @@ class SchedulerState:
             dep.dependents.add(ts)
         if any(d.state == "erred" for d in ts.dependencies):
             bad = next(d for d in ts.dependencies if d.state == "erred")
-            ts.state = "erred"
+            self._to(ts, "erred")
             ts.exception, ts.traceback, ts.lost = bad.exception, bad.traceback, bad.lost
             for c in ts.who_wants:
                 self._send(c, self._failure_msg(ts))
@@ -167,6 +177,8 @@ class SchedulerState:
             self._send(cs, [Msg.TASK_DONE, ts.key, None, ws.address, ts.nbytes])
         elif ts.state == "erred":
             self._send(cs, self._failure_msg(ts))
+        elif ts.state == "released":       # the recipe was kept: compute it again
+            self._recompute(ts)
 
     @staticmethod
     def _failure_msg(ts: TaskState) -> list:
@@ -188,7 +200,8 @@ class SchedulerState:
             if ts is None:
                 ts = self.tasks[key] = TaskState(key, None, None, (0, next(self._seq)), 0)
             ts.scattered = True
-            ts.state, ts.nbytes = "memory", nbytes
+            self._to(ts, "memory")
+            ts.nbytes = nbytes
             ts.who_has.add(ws)
             ws.has_what.add(ts)
             ws.nbytes += nbytes
@@ -201,7 +214,7 @@ class SchedulerState:
     def _make_ready(self, ts: TaskState) -> None:
         ws = self._pick_worker(ts)
         if ws is None:
-            ts.state = "ready"
+            self._to(ts, "ready")
             heapq.heappush(self.ready, (ts.priority, ts))
         else:
             self._compute(ts, ws)
@@ -224,7 +237,7 @@ class SchedulerState:
         return best
 
     def _compute(self, ts: TaskState, ws: WorkerState) -> None:
-        ts.state = "processing"
+        self._to(ts, "processing")
         ts.processing_on = ws
         ws.processing.add(ts)
         who_has = [[d.key, [w.address for w in d.who_has]] for d in ts.dependencies]
@@ -247,7 +260,7 @@ class SchedulerState:
             return
         ws.processing.discard(ts)
         ts.processing_on = None
-        ts.state = "memory"
+        self._to(ts, "memory")
         ts.nbytes = nbytes
         ts.who_has.add(ws)
         ws.has_what.add(ts)
@@ -260,9 +273,13 @@ class SchedulerState:
             if not dep.waiting_on and dep.state == "waiting":
                 self._make_ready(dep)
         self._maybe_forget(ts)
+        self._inputs_done(ts)
+        self._fill(ws)
+
+    def _inputs_done(self, ts: TaskState) -> None:
+        """``ts`` no longer runs: its inputs may not be needed any more."""
         for dep in ts.dependencies:
             self._maybe_forget(dep)
-        self._fill(ws)
 
     def task_failed(self, ws: WorkerState, key: str, exception: Any, tb: str) -> None:
         ts = self.tasks.get(key)
@@ -288,11 +305,13 @@ class SchedulerState:
                 t.processing_on.processing.discard(t)
                 self._send(t.processing_on, [Msg.FREE, [t.key]])
                 t.processing_on = None
-            t.state, t.exception, t.traceback = "erred", exception, tb
+            self._to(t, "erred")
+            t.exception, t.traceback = exception, tb
             self.counts["erred"] += 1
             for cs in t.who_wants:
                 self._send(cs, [Msg.TASK_ERRED, t.key, exception, tb])
             stack.extend(d for d in t.dependents if d.state in ACTIVE)
+            self._inputs_done(t)
 
     def _lose(self, ts: TaskState, kind: str, reason: str) -> None:
         """Fail a task (and its dependents) for a reason the scheduler itself knows."""
@@ -304,27 +323,32 @@ class SchedulerState:
             if t.processing_on is not None:
                 t.processing_on.processing.discard(t)
                 t.processing_on = None
-            t.state, t.exception, t.traceback, t.lost = "erred", None, reason, kind
+            self._to(t, "erred")
+            t.exception, t.traceback, t.lost = None, reason, kind
             self.counts["erred"] += 1
             for cs in t.who_wants:
                 self._send(cs, [Msg.TASK_LOST, t.key, kind, reason])
             stack.extend(d for d in t.dependents if d.state in ACTIVE)
+            self._inputs_done(t)
 
     def missing_data(self, ws: WorkerState, key: str, dep_key: str, holder: str) -> None:
         """``ws`` could not fetch ``dep_key`` from ``holder`` for task ``key``."""
         dep = self.tasks.get(dep_key)
         gone = self.workers.get(holder)
         if dep is not None and gone is not None and gone in dep.who_has:
+            # Unreachable or without the data: either way we stop counting on it there,
+            # and tell it so, in case it still holds a copy nobody would free.
             dep.who_has.discard(gone)
             gone.has_what.discard(dep)
             gone.nbytes -= dep.nbytes
+            self._send(gone, [Msg.FREE, [dep_key]])
         if dep is not None and dep.state == "memory" and not dep.who_has:
             self._data_lost(dep)
         ts = self.tasks.get(key)
         if ts is not None and ts.processing_on is ws:
             ws.processing.discard(ts)
             ts.processing_on = None
-            ts.state = "waiting"
+            self._to(ts, "waiting")
             self._wait_for_inputs(ts)
             self._fill(ws)
 
@@ -373,7 +397,7 @@ class SchedulerState:
             self._forget(ts)
 
     def _release_data(self, ts: TaskState) -> None:
-        ts.state = "released"
+        self._to(ts, "released")
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
@@ -383,12 +407,14 @@ class SchedulerState:
     def _forget(self, ts: TaskState) -> None:
         if ts.state == "forgotten":
             return
-        ts.state = "forgotten"
+        self._to(ts, "forgotten")
         self.tasks.pop(ts.key, None)
-        if ts.processing_on is not None:
-            ts.processing_on.processing.discard(ts)
-            self._send(ts.processing_on, [Msg.FREE, [ts.key]])
+        ws = ts.processing_on
+        if ws is not None:
+            ws.processing.discard(ts)
             ts.processing_on = None
+            self._send(ws, [Msg.FREE, [ts.key]])
+            self._fill(ws)
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
@@ -418,6 +444,8 @@ class SchedulerState:
     def worker_exited(self, address: str, description: str) -> None:
         """A nanny reports how its worker ended (e.g. ``pid 41, exit code 3``)."""
         self.exits[address] = description
+        while len(self.exits) > _MAX_EXITS:          # oldest first: dicts keep order
+            del self.exits[next(iter(self.exits))]
         if address in self.workers:
             self.workers[address].exit = description
             self.remove_worker(address, description)
@@ -429,9 +457,24 @@ class SchedulerState:
         self.counts["workers_lost"] += 1
         ended = f"{address} ({self.exits.get(address) or ws.exit or reason})"
         limit = self.config.allowed_failures
-        for ts in sorted(ws.processing, key=lambda t: t.priority):
+        # First forget everything the worker held, so nothing below counts on it ...
+        held = list(ws.has_what)
+        for ts in held:
+            ts.who_has.discard(ws)
+        ws.has_what.clear()
+        interrupted = sorted(ws.processing, key=lambda t: t.priority)
+        ws.processing.clear()
+        for ts in interrupted:
             ts.processing_on = None
             ts.failed_on.append(ended)
+            self._to(ts, "waiting")
+        # ... then recompute what was lost and reschedule what was interrupted.
+        for ts in held:
+            if ts.state == "memory" and not ts.who_has:
+                self._data_lost(ts)
+        for ts in interrupted:
+            if ts.state != "waiting" or ts.processing_on is not None:
+                continue
             if len(ts.failed_on) > limit:
                 self._lose(ts, "killed", (
                     f"task {ts.key} was running on {len(ts.failed_on)} workers that died: "
@@ -439,22 +482,17 @@ class SchedulerState:
                     f"crash, os._exit, running out of memory): fix the task, or raise "
                     f"allowed_failures (now {limit}) if the deaths were bad luck."))
             else:
-                ts.state = "waiting"
                 self._wait_for_inputs(ts)
-        ws.processing.clear()
-        for ts in list(ws.has_what):
-            ts.who_has.discard(ws)
-            if not ts.who_has and ts.state == "memory":
-                self._data_lost(ts)
-        ws.has_what.clear()
 
     def _data_lost(self, ts: TaskState) -> None:
         """The only copy of ``ts``'s result is gone: recompute it if anyone needs it."""
         if not self._needed(ts):
-            ts.state = "released"
+            self._to(ts, "released")
             self._maybe_forget(ts)
             return
         for dep in ts.dependents:
+            if dep.state == "ready":           # queued here, not yet sent: wait again
+                self._to(dep, "waiting")
             if dep.state == "waiting":
                 dep.waiting_on.add(ts)
         self._recompute(ts)
@@ -464,7 +502,7 @@ class SchedulerState:
             self._lose(ts, "lost", f"the data of {ts.key} was scattered to a worker that "
                                    "died, and mpnet cannot recompute it: scatter it again")
             return
-        ts.state = "waiting"
+        self._to(ts, "waiting")
         self._wait_for_inputs(ts)
 
     def _wait_for_inputs(self, ts: TaskState) -> None:

@@ -24,12 +24,14 @@ import psutil
 
 from ..comm.addressing import format_address, outward_host, parse_address
 from ..comm.auth import resolve_token
-from ..comm.connection import Connection, Listener, connect, connect_sync
+from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Msg, check_handlers
 from ..comm.serialize import Payload, dumps, dumps_exception, loads, loads_task_args
 from ..config import Config, make_config
 from ..errors import ClusterClosedError, ProtocolError
+from ..plugins import call_hook, plugin_name
+from ..preload import load_preloads
 from ..versions import get_versions
 from .executor import Executor
 from .store import DataStore
@@ -54,13 +56,19 @@ class Worker:
     """``Worker('tcp://host:8786', nthreads=2).start()`` returns once registered.
 
     ``host=None`` listens on loopback when the scheduler is on loopback, otherwise on
-    every interface. ``nanny`` is the address of the supervising nanny, if any.
+    every interface; ``port`` may be a list of ports to try (a range). The worker tells
+    others to reach it at ``contact_address`` (default: the address it listens on).
+    ``nanny`` is the id of the supervising nanny, if any. ``preload`` modules run their
+    ``mpnet_setup(worker)`` after it listens and before it registers.
     """
 
     def __init__(self, scheduler_address: str, *, nthreads: int = 1, name: str | None = None,
-                 host: str | None = None, port: int = 0, token: str | None = None,
+                 host: str | None = None, port: int | list[int] = 0,
+                 contact_address: str | None = None, token: str | None = None,
                  nanny: str | None = None, resources: dict | None = None,
-                 memory_limit: int = 0, loop: EventLoop | None = None,
+                 memory_limit: int = 0, local_directory: str | None = None,
+                 preload: Any = None, preload_argv: Any = (), plugins: Any = (),
+                 loop: EventLoop | None = None,
                  config: Config | None = None, **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         self.scheduler_address = scheduler_address
@@ -68,6 +76,12 @@ class Worker:
         if host is None:
             host = "127.0.0.1" if sched_host in ("127.0.0.1", "localhost", "") else ""
         self.host, self.port = host, port
+        self.contact_address = contact_address
+        self.local_directory = local_directory
+        self.preloads = load_preloads(preload, preload_argv)
+        self.plugins: dict[str, Any] = {}
+        for plugin in plugins:
+            self.plugins[plugin_name(plugin)] = plugin
         self.nthreads = max(1, int(nthreads))
         self.name = name
         self.token = resolve_token(token)
@@ -101,6 +115,8 @@ class Worker:
             Msg.RUN: self._run,
             Msg.CLOSE_WORKER: self._close_requested,
             Msg.GET_DATA: self._get_data,
+            Msg.PLUGIN: self._plugin,
+            Msg.PLUGIN_INSTALL: self._plugin_install,
         })
 
     # --- lifecycle -----------------------------------------------------------------
@@ -112,13 +128,19 @@ class Worker:
         self.loop.start()
         self.executor.start()   # the scheduler may send work as soon as we register
         try:
-            self.listener = Listener(self.loop, self.host, self.port, config=self.config,
-                                     token=self.token, role="worker", info={},
-                                     handler=self._dispatch)
+            self.listener = listen_on_any(self.port, lambda port: Listener(
+                self.loop, self.host, port, config=self.config, token=self.token,
+                role="worker", info={}, handler=self._dispatch))
             shown = self.host or outward_host()
-            self.address = format_address(shown, self.listener.port)
+            self.address = self.contact_address or format_address(shown, self.listener.port)
             self.name = self.name or self.address
             log.info("Start worker at: %s", self.address)
+            if self.local_directory:
+                os.makedirs(self.local_directory, exist_ok=True)
+            for preload in self.preloads:
+                preload.setup(self)
+            for plugin in self.plugins.values():
+                self._setup_plugin(plugin)
             self.scheduler = connect_sync(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
                 role="worker", info={"address": self.address}, handler=self._dispatch,
@@ -162,6 +184,10 @@ class Worker:
                 return
             first = self._status != "closing"
             self._status = "closing"
+        if first:
+            for preload in self.preloads:
+                preload.teardown(self)
+            call_hook(self.plugins, "teardown", self)
         if first and not self._stopped.is_set():
             try:
                 self.loop.run_sync(self._shutdown_on_loop, timeout=timeout)
@@ -233,6 +259,7 @@ class Worker:
         if key in self.tasks or self._stopped.is_set():
             return
         task = self.tasks[key] = _Task(key, fn, args, [dep for dep, _ in who_has], priority)
+        self._transition(key, "released", "waiting")
         by_holder: dict[str, list[str]] = {}
         for dep, holders in who_has:
             if dep in self.store:
@@ -294,6 +321,7 @@ class Worker:
                 self._run_task(task)
 
     def _run_task(self, task: _Task) -> None:
+        self._transition(task.key, "waiting", "ready")
         self.executor.submit(lambda: self._execute(task), task.priority)
 
     def _fetch_failed(self, deps: list[str], holder: str) -> None:
@@ -347,6 +375,7 @@ class Worker:
         nbytes = payload.nbytes
         inline = payload if nbytes <= self.config.inline_result_bytes else None
         self.scheduler.send([Msg.TASK_FINISHED, task.key, inline, nbytes])
+        self._transition(task.key, "ready", "memory")
 
     def _failed(self, task: _Task, exc: Payload, tb: str) -> None:
         if self.tasks.get(task.key) is not task:
@@ -354,6 +383,7 @@ class Worker:
         del self.tasks[task.key]
         self._release_inputs(task)
         self.scheduler.send([Msg.TASK_FAILED, task.key, exc, tb])
+        self._transition(task.key, "ready", "error")
 
     # --- data ----------------------------------------------------------------------
     def _free(self, conn: Connection, keys: list) -> None:
@@ -399,6 +429,33 @@ class Worker:
         t = threading.Thread(target=call, name="mpnet-worker-run", daemon=True)
         self._run_threads.add(t)
         t.start()
+
+    # --- plugins -------------------------------------------------------------------
+    def _setup_plugin(self, plugin: Any) -> None:
+        setup = getattr(plugin, "setup", None)
+        if setup is not None:
+            setup(self)
+
+    def add_plugin(self, plugin: Any, name: str | None = None) -> None:
+        """Install a :class:`~mpnet.WorkerPlugin` here (runs its ``setup(worker)``)."""
+        self.plugins[name or plugin_name(plugin)] = plugin
+        self._setup_plugin(plugin)
+
+    def _plugin(self, conn: Connection, name: str, payload: Payload) -> str:
+        try:
+            self.add_plugin(loads(payload, what=f"worker plugin {name}"), name)
+        except Exception as e:   # reported to whoever registered it, the worker goes on
+            log.exception("worker %s: plugin %r failed to install", self.address, name)
+            return f"{self.address}: plugin {name!r} failed: {type(e).__name__}: {e}"
+        return ""
+
+    def _plugin_install(self, conn: Connection, req_id: int, name: str,
+                        payload: Payload) -> None:
+        conn.reply(req_id, True, self._plugin(conn, name, payload))
+
+    def _transition(self, key: str, start: str, finish: str) -> None:
+        if self.plugins:
+            call_hook(self.plugins, "transition", key, start, finish)
 
     # --- heartbeat -----------------------------------------------------------------
     def _heartbeat(self) -> None:

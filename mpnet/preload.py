@@ -1,0 +1,93 @@
+"""Preload scripts: user code run inside a scheduler, worker or nanny as it starts.
+
+``--preload NAME`` (or ``preload=[NAME]``) names a module (``mypkg.setup``) or a path to
+a ``.py`` file. Its ``mpnet_setup(service)`` runs at the end of start-up and
+``mpnet_teardown(service)`` at close; ``dask_setup`` / ``dask_teardown`` are accepted too,
+so dask preload scripts move over unchanged. When ``mpnet_setup`` is a click command,
+its options come from ``preload_argv`` (on the command line: the options the service's
+own command does not know). A setup that raises stops the start: a half-configured
+worker never joins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from types import ModuleType
+from typing import Any, Iterable
+
+__all__ = ["Preload", "load_preloads", "PreloadError"]
+
+log = logging.getLogger("mpnet.preload")
+
+
+class PreloadError(RuntimeError):
+    """A preload could not be imported or its setup raised."""
+
+
+def _import(name: str) -> ModuleType:
+    if name.endswith(".py") or os.sep in name:
+        path = os.path.abspath(os.path.expanduser(name))
+        if not os.path.exists(path):
+            raise PreloadError(f"preload file {path} does not exist")
+        module_name = "mpnet_preload_" + os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(name)
+
+
+class Preload:
+    def __init__(self, name: str, argv: Iterable[str] = ()):
+        self.name = name
+        self.argv = list(argv)
+        try:
+            self.module = _import(name)
+        except PreloadError:
+            raise
+        except Exception as e:
+            raise PreloadError(f"cannot import preload {name!r}: {type(e).__name__}: {e}") from e
+        self.setup_fn = getattr(self.module, "mpnet_setup", None) or \
+            getattr(self.module, "dask_setup", None)
+        self.teardown_fn = getattr(self.module, "mpnet_teardown", None) or \
+            getattr(self.module, "dask_teardown", None)
+
+    def setup(self, service: Any) -> None:
+        fn = self.setup_fn
+        if fn is None:
+            return
+        try:
+            import click
+            if not isinstance(fn, click.Command) and hasattr(fn, "__click_params__"):
+                fn = click.command()(fn)    # options given without @click.command()
+            if isinstance(fn, click.Command):
+                ctx = fn.make_context(f"preload {self.name}", list(self.argv),
+                                      allow_extra_args=False)
+                fn.callback(service, **ctx.params)
+            else:
+                fn(service)
+        except Exception as e:
+            raise PreloadError(f"preload {self.name!r} failed in its setup: "
+                               f"{type(e).__name__}: {e}") from e
+
+    def teardown(self, service: Any) -> None:
+        if self.teardown_fn is None:
+            return
+        try:
+            self.teardown_fn(service)
+        except Exception:   # teardown must not stop the rest of the close
+            log.exception("preload %r failed in its teardown", self.name)
+
+
+def load_preloads(names: Iterable[str] | str | None, argv: Iterable[str] = ()) -> list[Preload]:
+    if not names:
+        return []
+    if isinstance(names, str):
+        names = [names]
+    argv = list(argv)
+    return [Preload(name, argv) for name in names]
