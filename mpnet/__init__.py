@@ -12,12 +12,13 @@ from .errors import (ActorDiedError, AuthenticationError, CancelledError, Cluste
                      CommClosedError, ConnectTimeoutError, KilledWorkerError, MpnetError,
                      ProtocolError, SerializationError, VersionMismatchError, WorkerLostError)
 from .nanny.nanny import Nanny
+from .plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
 from .scheduler.server import Scheduler
 from .worker.worker import Worker
 
 __all__ = [
     "Client", "Future", "LocalCluster", "Scheduler", "Worker", "Nanny", "Config",
-    "wait", "as_completed",
+    "wait", "as_completed", "SchedulerPlugin", "WorkerPlugin", "NannyPlugin",
     "MpnetError", "ProtocolError", "AuthenticationError", "CommClosedError",
     "ConnectTimeoutError", "SerializationError", "ClusterClosedError", "WorkerLostError",
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",

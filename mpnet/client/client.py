@@ -20,6 +20,7 @@ import itertools
 import logging
 import threading
 import uuid
+import warnings
 import weakref
 from typing import Any, Callable, Iterable
 
@@ -30,8 +31,8 @@ from ..comm.protocol import Msg, check_handlers
 from ..comm.serialize import (Payload, dumps, dumps_task_args, loads, loads_exception)
 from ..config import Config, make_config
 from ..errors import (ClusterClosedError, CommClosedError, KilledWorkerError, ProtocolError,
-                      WorkerLostError)
-from ..versions import get_versions
+                      VersionMismatchError, WorkerLostError)
+from ..versions import format_mismatches, get_versions, mismatches
 from .futures import Future, Remote, as_completed, wait
 
 __all__ = ["Client"]
@@ -95,8 +96,13 @@ class Client:
                 self.loop, address, config=self.config, token=self.token, role="client",
                 info={"id": self.id}, handler=self._dispatch, on_close=self._scheduler_closed,
                 timeout=timeout)
-            self.scheduler_id = self._request(Msg.REGISTER_CLIENT, self.id, get_versions(),
-                                              timeout=timeout)["id"]
+            welcome = self._request(Msg.REGISTER_CLIENT, self.id, get_versions(),
+                                    timeout=timeout)
+            self.scheduler_id = welcome["id"]
+            if welcome.get("version_mismatch"):
+                warnings.warn("mpnet: this client, the scheduler and the workers run "
+                              "different software:\n" + welcome["version_mismatch"],
+                              RuntimeWarning, stacklevel=2)
         except BaseException:
             self._status = "open"
             self.close()
@@ -391,6 +397,48 @@ class Client:
         """``{"id", "address", "workers": {address: details}, ...}`` as in dask."""
         self._check_open("scheduler_info")
         return self._request(Msg.INFO, timeout=timeout)
+
+    def register_plugin(self, plugin: Any, name: str | None = None) -> None:
+        """Install a scheduler, worker or nanny plugin on the cluster.
+
+        Worker and nanny plugins go to every current worker (nanny) and to every one
+        that joins later. Raises if it failed to install somewhere, naming where.
+        """
+        from ..plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin, plugin_name
+        self._check_open("register_plugin")
+        if isinstance(plugin, SchedulerPlugin):
+            kind = "scheduler"
+        elif isinstance(plugin, NannyPlugin):
+            kind = "nanny"
+        elif isinstance(plugin, WorkerPlugin) or hasattr(plugin, "setup"):
+            kind = "worker"
+        else:
+            raise TypeError(f"{type(plugin).__name__} is not a SchedulerPlugin, WorkerPlugin "
+                            "or NannyPlugin")
+        payload = dumps(plugin, what="plugin")
+        failures = self._request(Msg.REGISTER_PLUGIN, kind, name or plugin_name(plugin),
+                                 payload)
+        if failures:
+            raise RuntimeError("plugin failed to install:\n" + "\n".join(map(str, failures)))
+
+    def get_versions(self, check: bool = False, packages: Iterable[str] = ()) -> dict:
+        """Versions of Python, mpnet and key packages on client, scheduler and workers.
+
+        ``check=True`` raises :class:`~mpnet.VersionMismatchError` with a table of the
+        differences (dask only warns). ``packages`` adds packages to compare.
+        """
+        packages = tuple(packages)
+        result = {"client": get_versions(packages),
+                  "scheduler": self.run_on_scheduler(get_versions, packages),
+                  "workers": self.run(get_versions, packages)}
+        if check:
+            table = format_mismatches(mismatches({"client": result["client"],
+                                                  "scheduler": result["scheduler"],
+                                                  **result["workers"]}))
+            if table:
+                raise VersionMismatchError("client, scheduler and workers run different "
+                                           "software; install the same versions:\n" + table)
+        return result
 
     def get_executor(self, **submit_kwargs: Any) -> "ClientExecutor":
         """A ``concurrent.futures.Executor`` that submits through this client."""
