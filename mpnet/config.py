@@ -52,6 +52,25 @@ class Config:
     close_timeout: float = 3.0
     #: how often a worker tells the scheduler it is alive
     heartbeat_interval: float = 0.5
+    # --- supervision -------------------------------------------------------------
+    #: a worker silent this long (no heartbeat, socket still open) is declared lost
+    worker_ttl: float = 20.0
+    #: the nanny pings its worker this often ...
+    ping_interval: float = 1.0
+    #: ... and kills it as hung when it has not answered for this long
+    ping_timeout: float = 20.0
+    #: how often the nanny looks at its worker's memory (psutil RSS)
+    memory_interval: float = 0.2
+    #: fraction of memory_limit at which the worker stops starting tasks
+    memory_pause_fraction: float = 0.80
+    #: fraction of memory_limit at which the nanny kills and restarts the worker
+    memory_terminate_fraction: float = 0.95
+    #: a nanny that restarted its worker this many times ...
+    max_restarts: int = 10
+    #: ... within this many seconds stops restarting it and tells the scheduler why
+    restart_window: float = 60.0
+    #: workers and nannies that lose the scheduler try to reach it again this long
+    death_timeout: float = 60.0
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -19,6 +19,7 @@ import functools
 import itertools
 import logging
 import threading
+import time
 import uuid
 import warnings
 import weakref
@@ -123,6 +124,9 @@ class Client:
         return self._status
 
     def _check_open(self, what: str) -> None:
+        if self._status == "reconnecting":
+            raise ClusterClosedError(f"{what}(): the client lost its scheduler and is "
+                                     "reconnecting; try again (or wait_for_scheduler())")
         if self._status != "open":
             raise ClusterClosedError(f"{what}() called on a client that is {self._status}: "
                                      "create a new Client")
@@ -174,12 +178,49 @@ class Client:
             fut._set_error(cls(reason))
 
     def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
-        if self._status == "open":
-            self._status = "disconnected"
-            log.warning("client %s lost its scheduler %s: %s", self.id,
-                        self.scheduler_address, exc or "closed")
         self._fail_pending(f"the connection to the scheduler at {self.scheduler_address} "
-                           f"was lost{f' ({exc})' if exc else ''}; create a new Client")
+                           f"was lost{f' ({exc})' if exc else ''}: its tasks are gone; "
+                           "resubmit them (the client reconnects by itself)")
+        if self._status != "open":
+            return
+        self._status = "reconnecting"
+        log.warning("client %s lost its scheduler %s (%s); reconnecting for up to %.0fs",
+                    self.id, self.scheduler_address, exc or "closed",
+                    self.config.death_timeout)
+        connect(self.loop, self.scheduler_address, config=self.config, token=self.token,
+                role="client", info={"id": self.id}, handler=self._dispatch,
+                on_close=self._scheduler_closed, timeout=self.config.death_timeout
+                ).add_done_callback(self._reconnected)
+
+    def _reconnected(self, fut: cf.Future) -> None:
+        if self._status != "reconnecting":
+            if fut.exception() is None:
+                fut.result().close()
+            return
+        if fut.exception() is not None:
+            self._status = "disconnected"
+            log.error("client %s: the scheduler did not come back: %s", self.id,
+                      fut.exception())
+            return
+        self.scheduler = fut.result()
+
+        def registered(reply: cf.Future) -> None:
+            if reply.exception() is None:
+                self._status = "open"
+                log.info("client %s reconnected to %s", self.id, self.scheduler_address)
+            else:
+                self._status = "disconnected"
+        self.scheduler.request(Msg.REGISTER_CLIENT, self.id, get_versions()
+                               ).add_done_callback(registered)
+
+    def wait_for_scheduler(self, timeout: float = 30.0) -> None:
+        """Block until the client is connected (after a scheduler restart, say)."""
+        deadline = time.monotonic() + timeout
+        while self._status == "reconnecting" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._status != "open":
+            raise ClusterClosedError(f"client is {self._status}, not connected to "
+                                     f"{self.scheduler_address}")
 
     def _fail_pending(self, why: str) -> None:
         for fut in list(self._futures.values()):
@@ -397,6 +438,36 @@ class Client:
         """``{"id", "address", "workers": {address: details}, ...}`` as in dask."""
         self._check_open("scheduler_info")
         return self._request(Msg.INFO, timeout=timeout)
+
+    # --- supervision -----------------------------------------------------------------
+    def restart(self, timeout: float = 60.0) -> None:
+        """Restart every worker through its nanny and cancel every future (their
+        results would be gone); return once as many workers are back (``timeout`` s)."""
+        self._check_open("restart")
+
+        def cancel_all() -> None:
+            for fut in list(self._futures.values()):
+                fut._set_cancelled("the cluster was restarted (client.restart())")
+        self.loop.run_sync(cancel_all)
+        self._request_op(Msg.RESTART, None, timeout, timeout=timeout + 5)
+
+    def restart_workers(self, workers: Iterable[str], timeout: float = 60.0) -> None:
+        """Restart the named workers (addresses or names); their tasks move elsewhere."""
+        self._check_open("restart_workers")
+        self._request_op(Msg.RESTART, list(workers), timeout, timeout=timeout + 5)
+
+    def retire_workers(self, workers: Iterable[str], timeout: float = 60.0) -> None:
+        """Move the results the named workers hold to other workers, then close them
+        (their nannies do not restart them)."""
+        self._check_open("retire_workers")
+        self._request_op(Msg.RETIRE_WORKERS, list(workers), timeout=timeout)
+
+    def _request_op(self, *msg: Any, timeout: float) -> str:
+        try:
+            return self._request(*msg, timeout=timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{Msg(msg[0]).name.lower()} did not finish within "
+                               f"{timeout}s") from None
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> None:
         """Install a scheduler, worker or nanny plugin on the cluster.

@@ -136,8 +136,11 @@ class Future(cf.Future):
             self.set_exception(exc)
 
     def _set_cancelled(self, reason: str) -> None:
-        self._reason = reason
+        """Loop thread only (so two cancellations never race)."""
         with self._condition:
+            if self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED):
+                return
+            self._reason = reason
             if self._state == cf._base.FINISHED:
                 # Cancelling a finished future releases it, as in dask.
                 self._state = cf._base.PENDING

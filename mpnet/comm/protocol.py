@@ -56,6 +56,8 @@ class Msg(enum.IntEnum):
     INFO = 17                # (req_id,)
     WHO_HAS = 18             # (req_id, keys)
     REGISTER_PLUGIN = 19     # (req_id, "scheduler" | "worker" | "nanny", name, payload)
+    RESTART = 25             # (req_id, worker addresses | None = all, timeout)
+    RETIRE_WORKERS = 26      # (req_id, worker addresses)  also worker → scheduler (lifetime)
 
     # scheduler → client
     TASK_DONE = 20           # (key, payload | None, worker address, nbytes)
@@ -67,9 +69,10 @@ class Msg(enum.IntEnum):
     COMPUTE = 30             # (key, fn, args, [[dep key, [worker address]]], priority)
     FREE = 31                # (keys,)
     STORE = 32               # (req_id, key, payload)
-    CLOSE_WORKER = 33        # (reason,)                also scheduler → nanny
+    CLOSE_WORKER = 33        # (reason, "" | "retired") also scheduler → nanny
     PLUGIN = 34              # (name, payload)          also scheduler → nanny: install
     PLUGIN_INSTALL = 35      # (req_id, name, payload)  the same, answered: REPLY(error text)
+    ACQUIRE = 36             # (req_id, [[key, [holder addresses]]]) → REPLY(keys obtained)
 
     # worker → scheduler
     REGISTER_WORKER = 40     # (req_id, info: dict)
@@ -80,7 +83,8 @@ class Msg(enum.IntEnum):
 
     # nanny → scheduler
     REGISTER_NANNY = 50      # (req_id, info: dict)
-    WORKER_EXITED = 51       # (worker address, pid, exitcode, reason)
+    WORKER_EXITED = 51       # (worker address, pid, exitcode, how, restarting: bool)
+    RESTART_WORKER = 52      # scheduler → nanny: (reason,)
 
     # worker ↔ worker, client → worker
     GET_DATA = 60            # (req_id, keys)  → REPLY(req_id, True, [[key, payload]])

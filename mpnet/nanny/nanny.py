@@ -6,9 +6,13 @@
       ├── connection to the scheduler: REGISTER_NANNY, WORKER_EXITED(address, pid, code)
       └── WorkerProcess: spawn → "started" → … → sentinel → exit code → restart?
 
-Restart policy: an unexpected exit is restarted at once, then after a delay doubling
-from ``0.1 s`` up to ``5 s`` when exits come quickly one after another (within 10 s).
-A stop that was asked for (``close()``, the scheduler shutting down) is never restarted.
+Supervision, on the loop thread: the sentinel says the worker died; a ping over the
+pipe every ``ping_interval`` that goes unanswered for ``ping_timeout`` says it hangs
+(killed); its RSS above ``memory_terminate_fraction`` of ``memory_limit`` says it
+leaks (killed). Each exit is logged and reported to the scheduler with its pid, exit
+code or signal and the reason. Restarts follow :class:`~.policy.RestartPolicy` (at
+once, then backing off, then giving up). A stop that was asked for (``close()``, the
+scheduler shutting down, retirement) is never restarted.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from ..comm.addressing import format_address, outward_host, parse_address
 from ..comm.auth import resolve_token
-from ..comm.connection import Connection, Listener, connect_sync, listen_on_any
+from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Msg, check_handlers
 from ..config import Config, make_config
@@ -31,14 +35,17 @@ from ..comm.serialize import loads
 from ..errors import ClusterClosedError, MpnetError, ProtocolError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
+from .policy import RestartPolicy
 from .process import WorkerProcess, describe_exit
 
 __all__ = ["Nanny"]
 
 log = logging.getLogger("mpnet.nanny")
 
-_QUICK_EXIT = 10.0      # exits closer together than this back off
-_MAX_DELAY = 5.0
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
 
 
 class Nanny:
@@ -77,7 +84,11 @@ class Nanny:
                                   preload=preload, preload_argv=list(preload_argv),
                                   config=self.config,
                                   log_level=logging.getLogger("mpnet").getEffectiveLevel())
-        self.env = env or {}
+        self.env = dict(env or {})
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            if var not in os.environ and var not in self.env:
+                # one worker thread = one BLAS thread, or threads fight over the cores
+                self.env[var] = str(nthreads)
         self._own_loop = loop is None
         self.loop = loop or EventLoop("mpnet-nanny-loop")
         self.scheduler: Connection | None = None
@@ -85,8 +96,14 @@ class Nanny:
         self.process: WorkerProcess | None = None
         self.worker_address = ""
         self.restarts = 0
-        self._last_exit = 0.0
-        self._delay = 0.0
+        self.memory_limit = memory_limit
+        self._policy = RestartPolicy(self.config.max_restarts, self.config.restart_window)
+        self._watch_every = min(self.config.memory_interval, self.config.ping_interval)
+        self._watch_timer = None
+        self._last_ping = 0.0
+        self._kill_reason = ""
+        self._closer: threading.Thread | None = None
+        self._finishing = False
         self._started: Future = Future()
         self._status = "created"
         self._lock = threading.Lock()
@@ -94,6 +111,7 @@ class Nanny:
         self._restart_timer = None
         self._handlers = check_handlers("nanny", {
             Msg.CLOSE_WORKER: self._close_requested,
+            Msg.RESTART_WORKER: lambda conn, reason: self.restart_worker(reason),
             Msg.PLUGIN: self._plugin,
             Msg.PLUGIN_INSTALL: self._plugin_install,
         })
@@ -173,6 +191,8 @@ class Nanny:
             log.warning("%s: asking its worker to close failed: %s", self.id, e)
 
     def _begin_close_on_loop(self) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
         if self._restart_timer is not None:
             self._restart_timer.cancel()
         if self.process is not None:
@@ -184,13 +204,21 @@ class Nanny:
         self.finish_close(time.monotonic() + timeout)
 
     def finish_close(self, deadline: float) -> None:
+        """Second half of close: wait for the worker (escalating) and free everything.
+        One thread does it; any other waits for it until ``deadline``."""
         self.begin_close()
         with self._lock:
-            if self._status == "closed":
-                return
             if self._status == "created":
                 self._status = "closed"
+                self._closed.set()
                 return
+            busy, self._finishing = self._finishing, True
+        if busy:
+            self._closed.wait(max(0.1, deadline - time.monotonic()))
+            closer = self._closer
+            if closer is not None and closer is not threading.current_thread():
+                closer.join(max(0.1, deadline - time.monotonic()))
+            return
         if self.process is not None:
             self.process.stop(deadline)
             self.process.release()
@@ -219,18 +247,49 @@ class Nanny:
     def wait_closed(self, timeout: float | None = None) -> bool:
         return self._closed.wait(timeout)
 
-    # --- the worker process ---------------------------------------------------------
+    # --- the worker process: spawn, watch, restart -----------------------------------
     def _spawn(self) -> None:
         self.process = WorkerProcess(self.loop, self.worker_kwargs,
                                      start_method=self.config.start_method,
                                      on_started=self._worker_started,
                                      on_failed=self._worker_failed,
                                      on_exit=self._worker_exited, env=self.env)
+        self._kill_reason = ""
         self.process.start()
+        if self._watch_timer is None:
+            self._watch_timer = self.loop.call_later(self._watch_every, self._watch)
+
+    def _watch(self) -> None:
+        """Loop thread, periodically: memory over the limit? no answer to pings?"""
+        self._watch_timer = None
+        if self._status not in ("running", "restarting"):
+            return
+        proc, cfg = self.process, self.config
+        if proc is not None and proc.address and not self._kill_reason and proc.is_alive():
+            now = time.monotonic()
+            if self.memory_limit:
+                rss = proc.rss()
+                if rss > self.memory_limit * cfg.memory_terminate_fraction:
+                    self._kill(f"killed for memory: it used {_mib(rss)} of its "
+                               f"{_mib(self.memory_limit)} limit")
+            if not self._kill_reason and now - proc.last_pong > cfg.ping_timeout:
+                self._kill(f"hung: it did not answer its nanny for {cfg.ping_timeout:.1f}s")
+            elif now - self._last_ping >= cfg.ping_interval:
+                self._last_ping = now
+                proc.ping()
+        self._watch_timer = self.loop.call_later(self._watch_every, self._watch)
+
+    def _kill(self, reason: str) -> None:
+        self._kill_reason = reason
+        log.warning("%s: worker %s (pid %s) %s; restarting", self.id, self.worker_address,
+                    self.process.pid, reason)
+        self.process.kill()
 
     def _worker_started(self, address: str) -> None:
         self.worker_address = address
         log.debug("%s: worker %s started (pid %s)", self.id, address, self.process.pid)
+        if self._status == "restarting":
+            self._status = "running"
         if not self._started.done():
             self._started.set_result(address)
 
@@ -241,34 +300,76 @@ class Nanny:
             self._status = "closing"   # a worker that cannot start is not restarted
 
     def _worker_exited(self) -> None:
-        if self._status != "running":
+        """Loop thread: the worker process is gone. Report it; restart it or not."""
+        if self._status in ("closing", "closed"):
             return            # a stop we asked for: finish_close() reaps and reports
-        pid = self.process.pid
-        code = self.process.reap()
-        how = describe_exit(code)
-        if self.scheduler is not None and self.worker_address:
-            self.scheduler.send([Msg.WORKER_EXITED, self.worker_address, pid, code,
-                                 how + ", unexpectedly"])
-        self.process.release()
-        log.warning("%s: worker %s (pid %s) died: %s; restarting", self.id,
-                    self.worker_address or "(not yet started)", pid, how)
+        proc = self.process
+        pid, code, address = proc.pid, proc.reap(), self.worker_address
+        leaving = proc.leaving
+        planned = self._status == "restarting" or leaving == "lifetime-restart"
+        why = self._kill_reason or (f"it left: {leaving}" if leaving else
+                                    "stopped to restart" if planned else "it crashed")
+        how = f"{describe_exit(code)}; {why}"
+        proc.release()
+        self.worker_address = ""
         if not self._started.done():
             self._started.set_exception(MpnetError(
                 f"the worker process (pid {pid}) died while starting: {how}"))
             self._status = "closing"
             return
-        now = time.monotonic()
-        quick = now - self._last_exit < _QUICK_EXIT
-        self._delay = min(_MAX_DELAY, self._delay * 2 or 0.1) if quick else 0.0
-        self._last_exit = now
-        self.worker_address = ""
-        self._restart_timer = self.loop.call_later(self._delay, self._restart)
+        if leaving in ("scheduler-gone", "retired") and not planned:
+            self._report_exit(address, pid, code, how, restarting=False)
+            log.info("%s: worker %s (pid %s) left: %s", self.id, address, pid, leaving)
+            self._close_in_background()
+            return
+        if planned:
+            self._status = "restarting"
+            self._report_exit(address, pid, code, how + " as asked", restarting=True)
+            self._restart()
+            return
+        delay = self._policy.exited(time.monotonic())
+        if delay is None:
+            how += (f"; it died {self._policy.recent} times within "
+                    f"{self.config.restart_window:.0f}s, so its nanny gave up restarting it")
+            log.error("%s: worker %s (pid %s) died: %s", self.id, address, pid, how)
+            self._report_exit(address, pid, code, how, restarting=False)
+            self._close_in_background()
+            return
+        log.warning("%s: worker %s (pid %s) died: %s; restarting in %.1fs", self.id,
+                    address or "(not yet started)", pid, how, delay)
+        self._report_exit(address, pid, code, how, restarting=True)
+        self._restart_timer = self.loop.call_later(delay, self._restart)
+
+    def _report_exit(self, address: str, pid: int | None, code: int | None, how: str,
+                     restarting: bool) -> None:
+        if self.scheduler is not None and not self.scheduler.closed and address:
+            self.scheduler.send([Msg.WORKER_EXITED, address, pid, code, how, restarting])
 
     def _restart(self) -> None:
-        if self._status != "running":
+        if self._status not in ("running", "restarting"):
             return
         self.restarts += 1
         self._spawn()
+
+    def restart_worker(self, reason: str = "asked") -> None:
+        """Restart the worker process now (loop thread): stop it by escalation, then
+        start a new one. Not counted as a crash."""
+        if self._status not in ("running", "restarting"):
+            return
+        log.info("%s: restarting worker %s: %s", self.id, self.worker_address, reason)
+        self._status = "restarting"
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
+        if self.process is not None and self.process.is_alive():
+            self.process.stop_soon(grace=self.config.close_timeout / 3)
+        else:
+            self._restart()
+
+    def _close_in_background(self) -> None:
+        """Close from a thread of our own: close() blocks, and we are on the loop."""
+        t = threading.Thread(target=self.close, name="mpnet-nanny-closer", daemon=True)
+        self._closer = t
+        t.start()
 
     # --- scheduler -----------------------------------------------------------------
     def _dispatch(self, conn: Connection, msg: list) -> None:
@@ -290,18 +391,34 @@ class Nanny:
     def _plugin_install(self, conn: Connection, req_id: int, name: str, payload: Any) -> None:
         conn.reply(req_id, True, self._plugin(conn, name, payload))
 
-    def _close_requested(self, conn: Connection, reason: str) -> None:
+    def _close_requested(self, conn: Connection, reason: str, leave: str = "") -> None:
         log.info("%s asked to close: %s", self.id, reason)
-        self._status = "closing"
-        if self._restart_timer is not None:
-            self._restart_timer.cancel()
-        if self.process is not None:
-            self.process.ask_to_close()
+        self._close_in_background()
 
     def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
-        if self._status == "running":
-            log.warning("%s lost its scheduler: %s", self.id, exc)
-            self._close_requested(conn, "the scheduler is gone")
+        if self._status not in ("running", "restarting"):
+            return
+        log.warning("%s lost its scheduler (%s); trying to reach it again for %.0fs",
+                    self.id, exc or "closed", self.config.death_timeout)
+        connect(self.loop, self.scheduler_address, config=self.config, token=self.token,
+                role="nanny", info={"address": self.address}, handler=self._dispatch,
+                on_close=self._scheduler_closed, timeout=self.config.death_timeout
+                ).add_done_callback(self._reconnected)
+
+    def _reconnected(self, fut: Future) -> None:
+        if self._status not in ("running", "restarting"):
+            if fut.exception() is None:
+                fut.result().close()
+            return
+        if fut.exception() is not None:
+            log.error("%s: the scheduler at %s did not come back within %.0fs (%s); "
+                      "stopping", self.id, self.scheduler_address, self.config.death_timeout,
+                      fut.exception())
+            self._close_in_background()
+            return
+        self.scheduler = fut.result()
+        self.scheduler.request(Msg.REGISTER_NANNY, {"address": self.address})
+        log.info("%s: reconnected to the scheduler at %s", self.id, self.scheduler_address)
 
     def __repr__(self) -> str:
         return f"<Nanny {self.id} worker={self.worker_address or '-'} {self._status}>"

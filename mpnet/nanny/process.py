@@ -4,8 +4,13 @@
 
     nanny's loop ── spawn (multiprocessing, "spawn" start method) ──► child: worker_main
          ▲  pipe: ("started", address) / ("failed", text) ◄────────────┤
-         │  pipe: "close" / "ping" ─────────────────────────────────────► │ ("pong")
+         │  pipe: ("leaving", why) before a planned exit ◄──────────────┤
+         │  pipe: ("close",) / ("ping",) ───────────────────────────────► │ ("pong",)
          └─ process sentinel readable = the child is gone (exit code read then)
+
+Stopping escalates: ask over the pipe, SIGTERM after a grace period, SIGKILL after
+another. :meth:`WorkerProcess.stop` does it blocking (for close), and
+:meth:`WorkerProcess.stop_soon` with loop timers (for restarts, on the loop thread).
 
 The child watches its end of the pipe: when the nanny dies, the pipe reads EOF and
 the worker exits at once, so no worker outlives its nanny.
@@ -21,6 +26,8 @@ import sys
 import threading
 import time
 from typing import Any, Callable
+
+import psutil
 
 from ..comm.eventloop import EventLoop
 
@@ -60,8 +67,13 @@ class WorkerProcess:
         self.process: Any = None
         self.pipe: Any = None
         self._fds: list = []
+        self._ps: psutil.Process | None = None
         self.address = ""
         self.exitcode: int | None = None
+        self.leaving = ""                 # why the worker said it is exiting on purpose
+        self.released = False
+        self.last_pong = time.monotonic()
+        self.started_at = time.monotonic()
 
     @property
     def pid(self) -> int | None:
@@ -81,6 +93,11 @@ class WorkerProcess:
         self._fds = [_Fd(parent.fileno()), _Fd(self.process.sentinel)]
         self.loop.register(self._fds[0], 1, self._on_pipe)
         self.loop.register(self._fds[1], 1, self._on_sentinel)
+        self.started_at = self.last_pong = time.monotonic()
+        try:
+            self._ps = psutil.Process(self.process.pid)
+        except psutil.Error:
+            self._ps = None
 
     def _on_pipe(self, mask: int) -> None:
         if self.pipe.closed:
@@ -90,11 +107,32 @@ class WorkerProcess:
         except (EOFError, OSError):
             self.loop.unregister(self._fds[0])
             return
-        if msg[0] == "started":
+        if msg[0] == "pong":
+            self.last_pong = time.monotonic()
+        elif msg[0] == "started":
             self.address = msg[1]
+            self.last_pong = time.monotonic()
             self._on_started(msg[1])
         elif msg[0] == "failed":
             self._on_failed(msg[1])
+        elif msg[0] == "leaving":
+            self.leaving = msg[1]
+
+    def ping(self) -> None:
+        self._send(("ping",))
+
+    def rss(self) -> int:
+        """Resident memory of the worker process in bytes (0 if unknown)."""
+        try:
+            return self._ps.memory_info().rss if self._ps is not None else 0
+        except psutil.Error:
+            return 0
+
+    def _send(self, msg: tuple) -> None:
+        try:
+            self.pipe.send(msg)
+        except (OSError, ValueError, AttributeError):
+            pass   # the child is gone or going: its sentinel will tell
 
     def _on_sentinel(self, mask: int) -> None:
         # Only tell the owner: exactly one thread may reap the child (waitpid), and
@@ -114,13 +152,32 @@ class WorkerProcess:
 
     def ask_to_close(self) -> None:
         """First step of stopping: ask the worker to leave the scheduler and exit."""
+        self._send(("close",))
+
+    def stop_soon(self, grace: float) -> None:
+        """Escalate without blocking (loop thread): ask now, SIGTERM after ``grace``
+        seconds, SIGKILL after ``grace`` more. The sentinel reports the exit."""
+        proc = self.process
+        self.ask_to_close()
+
+        def escalate(sig: int) -> None:
+            if proc.is_alive():
+                log.warning("worker pid %s did not stop within %.1fs; sending %s",
+                            proc.pid, grace, signal.Signals(sig).name)
+                os.kill(proc.pid, sig)
+                if sig == signal.SIGTERM:
+                    self.loop.call_later(grace, escalate, signal.SIGKILL)
+        self.loop.call_later(grace, escalate, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL now (a hung worker cannot handle anything gentler)."""
         try:
-            self.pipe.send(("close",))
-        except (OSError, ValueError, AttributeError):
+            self.process.kill()
+        except (OSError, ValueError):
             pass
 
     def is_alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        return self.process is not None and not self.released and self.process.is_alive()
 
     def stop(self, deadline: float) -> int | None:
         """Escalate until the child is gone: wait for it (asked already), SIGTERM, SIGKILL.
@@ -129,8 +186,8 @@ class WorkerProcess:
         (``time.monotonic()``) at most, plus a short wait after SIGKILL.
         """
         proc = self.process
-        if proc is None:
-            return None
+        if proc is None or self.released:
+            return self.exitcode
         proc.join(max(0.0, deadline - time.monotonic()) * 0.6)
         if proc.is_alive():
             log.warning("worker pid %s did not stop when asked; sending SIGTERM", proc.pid)
@@ -143,7 +200,10 @@ class WorkerProcess:
         return proc.exitcode
 
     def release(self) -> None:
-        """Free the pipe and the process handle (after the child is gone)."""
+        """Free the pipe and the process handle (after the child is gone). Idempotent."""
+        if self.released:
+            return
+        self.released = True
         if self.loop.running and not self.loop.in_loop_thread():
             try:
                 self.loop.run_sync(self._forget_fds, timeout=2)
@@ -228,12 +288,20 @@ def worker_main(pipe: Any, kwargs: dict) -> None:
         if msg[0] == "ping":
             pipe.send(("pong",))
             return
-        worker.loop.unregister(pipe)
+        worker.loop.unregister(pipe_fd)
         if msg[0] == "orphaned":
+            # The nanny is gone (killed, crashed): nobody would ever stop us.
             log.warning("worker %s: its nanny is gone; exiting", worker.address)
-        worker._status = "closing" if worker.status == "running" else worker.status
-        worker._shutdown_on_loop()
-    worker.loop.run_sync(worker.loop.register, pipe, 1, on_pipe)
+        worker.stop_serving("asked by its nanny" if msg[0] == "close" else "orphaned")
+
+    def on_leave(reason: str) -> None:
+        try:
+            pipe.send(("leaving", reason))
+        except OSError:
+            pass
+    pipe_fd = _Fd(pipe.fileno())
+    worker.on_leave = on_leave
+    worker.loop.run_sync(worker.loop.register, pipe_fd, 1, on_pipe)
     worker.wait_closed()
     worker.close(wait_for_tasks=False)   # a task stuck in user code ends with the process
     pipe.close()

@@ -35,6 +35,7 @@ from ..errors import ClusterClosedError, ProtocolError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import format_mismatches, get_versions, mismatches
+from . import operations
 from .state import ClientState, SchedulerState, WorkerState
 
 __all__ = ["Scheduler"]
@@ -84,7 +85,8 @@ class Scheduler:
         self._status = "created"
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._conns: dict[str, Connection] = {}     # nanny address → connection
+        self.nannies: dict[str, Connection] = {}     # nanny address → connection
+        self.restarts: dict[str, int] = {}           # nanny address → worker restarts
         self._handlers = check_handlers("scheduler", {
             Msg.REGISTER_CLIENT: self._register_client,
             Msg.SUBMIT: self._submit,
@@ -103,6 +105,8 @@ class Scheduler:
             Msg.REGISTER_NANNY: self._register_nanny,
             Msg.WORKER_EXITED: self._worker_exited,
             Msg.REGISTER_PLUGIN: self._register_plugin,
+            Msg.RESTART: self._restart,
+            Msg.RETIRE_WORKERS: self._retire_workers,
         })
         for plugin in plugins:
             self.add_plugin(plugin)
@@ -145,7 +149,14 @@ class Scheduler:
             raise
         if self.idle_timeout:
             self.loop.call_soon_threadsafe(self._check_idle)
+        self.loop.call_soon_threadsafe(self._check_heartbeats)
         return self
+
+    def _check_heartbeats(self) -> None:
+        if self._status != "running":
+            return
+        operations.check_heartbeats(self)
+        self.loop.call_later(min(1.0, self.config.worker_ttl / 4), self._check_heartbeats)
 
     @property
     def workers(self) -> dict:
@@ -222,9 +233,9 @@ class Scheduler:
         call_hook(self.plugins, "close")
         for ws in self.state.workers.values():
             if ws.link is not None:
-                ws.link.send([Msg.CLOSE_WORKER, "the scheduler is shutting down"])
-        for conn in self._conns.values():
-            conn.send([Msg.CLOSE_WORKER, "the scheduler is shutting down"])
+                ws.link.send([Msg.CLOSE_WORKER, "the scheduler is shutting down", ""])
+        for conn in self.nannies.values():
+            conn.send([Msg.CLOSE_WORKER, "the scheduler is shutting down", ""])
         for conn in list(self.listener.connections):
             conn.on_close = None
             conn.flush()
@@ -266,7 +277,7 @@ class Scheduler:
                 else:
                     self._lost(owner.address, reason)
         elif isinstance(owner, str):
-            self._conns.pop(owner, None)
+            self.nannies.pop(owner, None)
         self._send_outbox()
 
     def _lost(self, address: str, reason: str) -> None:
@@ -356,8 +367,11 @@ class Scheduler:
     def info(self) -> dict:
         """What ``client.scheduler_info()`` returns (loop thread)."""
         st = self.state
+        workers = st.worker_info()
+        for w in workers.values():
+            w["restarts"] = self.restarts.get(w["nanny"], 0)
         return {"type": "Scheduler", "id": self.id, "address": self.address,
-                "pid": os.getpid(), "workers": st.worker_info(), "tasks": len(st.tasks),
+                "pid": os.getpid(), "workers": workers, "tasks": len(st.tasks),
                 "ready": len(st.ready), "clients": len(st.clients), "counts": dict(st.counts),
                 "versions": get_versions()}
 
@@ -405,16 +419,27 @@ class Scheduler:
 
     def _register_nanny(self, conn: Connection, req_id: int, info: dict) -> None:
         conn.owner_data = info["address"]
-        self._conns[info["address"]] = conn
+        self.nannies[info["address"]] = conn
         for name, payload in self.nanny_plugins.items():
             conn.send([Msg.PLUGIN, name, payload])
         conn.reply(req_id, True, {"id": self.id})
 
     def _worker_exited(self, conn: Connection, address: str, pid: int, code: int | None,
-                       reason: str) -> None:
-        description = f"pid {pid}, {reason}"
+                       how: str, restarting: bool) -> None:
+        description = f"pid {pid}, {how}"
         log.warning("worker %s exited: %s", address, description)
+        if restarting and isinstance(conn.owner_data, str):
+            self.restarts[conn.owner_data] = self.restarts.get(conn.owner_data, 0) + 1
         self.state.worker_exited(address, description)
+
+    def _restart(self, conn: Connection, req_id: int, addresses: list | None,
+                 timeout: float) -> None:
+        operations.restart(self, addresses, timeout,
+                           lambda ok, text: conn.reply(req_id, ok, text))
+
+    def _retire_workers(self, conn: Connection, req_id: int, addresses: list) -> None:
+        operations.retire(self, addresses, self.config.close_timeout * 10,
+                          lambda ok, text: conn.reply(req_id, ok, text))
 
     def _register_plugin(self, conn: Connection, req_id: int, kind: str, name: str,
                          payload: Any) -> None:
@@ -432,7 +457,7 @@ class Scheduler:
             targets = [ws.link for ws in self.state.workers.values() if ws.link is not None]
         else:
             self.nanny_plugins[name] = payload
-            targets = list(self._conns.values())
+            targets = list(self.nannies.values())
         acks = [link.request(Msg.PLUGIN_INSTALL, name, payload) for link in targets]
         self._when_all(acks, lambda results: conn.reply(req_id, True, [
             value for ok, value in results if not ok or value]))

@@ -66,7 +66,8 @@ class TaskState:
 
 class WorkerState:
     __slots__ = ("address", "name", "nthreads", "pid", "nanny", "info", "processing",
-                 "has_what", "nbytes", "metrics", "last_seen", "link", "exit")
+                 "has_what", "nbytes", "metrics", "last_seen", "link", "exit", "paused",
+                 "retiring")
 
     def __init__(self, address: str, nthreads: int, name: str, pid: int, nanny: str | None,
                  info: dict):
@@ -80,6 +81,8 @@ class WorkerState:
         self.last_seen = time.monotonic()
         self.link: Any = None            # the I/O layer's handle (its connection)
         self.exit: str = ""              # how it ended, when its nanny told us
+        self.paused = False              # memory pressure: send it nothing new
+        self.retiring = False            # leaving: send it nothing new
 
     def __repr__(self) -> str:
         return f"<Worker {self.address} processing={len(self.processing)}>"
@@ -125,6 +128,8 @@ class SchedulerState:
         return out
 
     def _capacity(self, ws: WorkerState) -> int:
+        if ws.paused or ws.retiring:
+            return 0
         return ws.nthreads + self.config.worker_queue_extra
 
     # --- clients -------------------------------------------------------------------
@@ -440,6 +445,61 @@ class SchedulerState:
     def heartbeat(self, ws: WorkerState, metrics: dict) -> None:
         ws.last_seen = time.monotonic()
         ws.metrics = metrics
+        paused = bool(metrics.get("paused"))
+        if paused != ws.paused:
+            ws.paused = paused
+            if not paused:
+                self._fill(ws)
+
+    def silent_workers(self, now: float, ttl: float) -> list[str]:
+        """Workers with no heartbeat for ``ttl`` seconds (hung with the socket open)."""
+        return [a for a, ws in self.workers.items() if now - ws.last_seen > ttl]
+
+    def cancel_all(self, reason: str) -> None:
+        """Every task of every client: cancelled and forgotten (``client.restart()``)."""
+        for ts in list(self.tasks.values()):
+            if ts.state != "forgotten":
+                self._cancel_one(ts, reason)
+        self.ready.clear()
+
+    def stop_assigning(self, address: str) -> None:
+        """Send ``address`` no new work (it is retiring)."""
+        if address in self.workers:
+            self.workers[address].retiring = True
+
+    def retire(self, address: str) -> list[list]:
+        """Plan the move of data that lives only on ``address`` (retiring) and is still
+        needed: ``[[target address, [[key, [address]], ...]], ...]``."""
+        ws = self.workers[address]
+        ws.retiring = True
+        others = [w for w in self.workers.values() if not w.retiring and w is not ws]
+        if not others:
+            return []
+        plan: dict[str, list] = {}
+        for ts in ws.has_what:
+            if len(ts.who_has) == 1 and self._needed_data(ts):
+                target = min(others, key=lambda w: w.nbytes + sum(
+                    self.tasks[k].nbytes for k, _ in plan.get(w.address, ()) if k in self.tasks))
+                plan.setdefault(target.address, []).append([ts.key, [address]])
+        return [[target, items] for target, items in plan.items()]
+
+    def _needed_data(self, ts: TaskState) -> bool:
+        return bool(ts.who_wants) or any(d.state in ACTIVE for d in ts.dependents) \
+            or ts.scattered
+
+    def add_replica(self, address: str, key: str) -> None:
+        """``address`` now holds a copy of ``key`` too."""
+        ws = self.workers.get(address)
+        ts = self.tasks.get(key)
+        if ws is None:
+            return
+        if ts is None or ts.state != "memory":
+            self._send(ws, [Msg.FREE, [key]])
+            return
+        if ws not in ts.who_has:
+            ts.who_has.add(ws)
+            ws.has_what.add(ts)
+            ws.nbytes += ts.nbytes
 
     def worker_exited(self, address: str, description: str) -> None:
         """A nanny reports how its worker ended (e.g. ``pid 41, exit code 3``)."""

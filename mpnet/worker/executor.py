@@ -42,6 +42,8 @@ class Executor:
                          for i in range(nthreads)]
         self.executing = 0
         self._lock = threading.Lock()
+        self._unpaused = threading.Event()
+        self._unpaused.set()
         self._started = False
 
     def start(self) -> None:
@@ -54,11 +56,16 @@ class Executor:
         """Queue ``job``; lower ``priority`` values (as the scheduler sends them) run first."""
         self._queue.put((priority, next(self._arrival), job))
 
+    def set_paused(self, paused: bool) -> None:
+        """While paused (memory pressure), threads start no new job."""
+        (self._unpaused.clear if paused else self._unpaused.set)()
+
     def _work(self) -> None:
         while True:
             job = self._queue.get()[2]
             if job is None:
                 return
+            self._unpaused.wait()
             with self._lock:
                 self.executing += 1
             try:
@@ -73,6 +80,7 @@ class Executor:
         A task stuck in user code cannot be interrupted from Python: its thread is a
         daemon, so the process can still exit; the caller decides whether to wait.
         """
+        self._unpaused.set()
         for _ in self._threads:
             self._queue.put((_LAST, next(self._arrival), None))
         if not self._started:

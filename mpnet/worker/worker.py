@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import random
 import threading
 import time
 from concurrent.futures import Future
@@ -60,6 +61,13 @@ class Worker:
     others to reach it at ``contact_address`` (default: the address it listens on).
     ``nanny`` is the id of the supervising nanny, if any. ``preload`` modules run their
     ``mpnet_setup(worker)`` after it listens and before it registers.
+
+    Supervision: above ``memory_pause_fraction`` of ``memory_limit`` (bytes, 0 = none)
+    it starts no new task until memory falls back. If the scheduler goes away it tries
+    to reach it again for ``death_timeout`` seconds and registers anew, keeping none of
+    its old data; then it gives up and stops. After ``lifetime`` seconds (plus up to
+    ``lifetime_stagger``) it retires: its results move to other workers, then it leaves
+    (and its nanny starts a fresh one if ``lifetime_restart``).
     """
 
     def __init__(self, scheduler_address: str, *, nthreads: int = 1, name: str | None = None,
@@ -68,10 +76,18 @@ class Worker:
                  nanny: str | None = None, resources: dict | None = None,
                  memory_limit: int = 0, local_directory: str | None = None,
                  preload: Any = None, preload_argv: Any = (), plugins: Any = (),
-                 loop: EventLoop | None = None,
+                 lifetime: float | None = None, lifetime_stagger: float = 0.0,
+                 lifetime_restart: bool = False, loop: EventLoop | None = None,
                  config: Config | None = None, **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         self.scheduler_address = scheduler_address
+        self.lifetime = lifetime
+        self.lifetime_stagger = lifetime_stagger
+        self.lifetime_restart = lifetime_restart
+        #: called as on_leave(reason) just before a planned exit ("retired",
+        #: "lifetime-restart", "scheduler-gone"); the nanny's process sets it
+        self.on_leave: Any = None
+        self.paused = False
         sched_host, _ = parse_address(scheduler_address)
         if host is None:
             host = "127.0.0.1" if sched_host in ("127.0.0.1", "localhost", "") else ""
@@ -103,6 +119,7 @@ class Worker:
         self._functions: dict[bytes, Any] = {}
         self._run_threads: set[threading.Thread] = set()
         self._heartbeat_timer = None
+        self._retiring_for_lifetime = False
         self._status = "created"
         self._lock = threading.Lock()
         self._stopped = threading.Event()       # the loop side has shut down
@@ -117,6 +134,7 @@ class Worker:
             Msg.GET_DATA: self._get_data,
             Msg.PLUGIN: self._plugin,
             Msg.PLUGIN_INSTALL: self._plugin_install,
+            Msg.ACQUIRE: self._acquire,
         })
 
     # --- lifecycle -----------------------------------------------------------------
@@ -145,19 +163,26 @@ class Worker:
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
                 role="worker", info={"address": self.address}, handler=self._dispatch,
                 on_close=self._scheduler_closed)
-            reply = self.loop.run_sync(self.scheduler.request, Msg.REGISTER_WORKER, {
-                "address": self.address, "nthreads": self.nthreads, "name": self.name,
-                "pid": os.getpid(), "nanny": self.nanny, "resources": self.resources,
-                "memory_limit": self.memory_limit, "versions": get_versions()})
-            reply.result(self.config.connect_timeout)
+            self.loop.run_sync(self._register).result(self.config.connect_timeout)
         except BaseException:
             self._status = "running"   # so close() frees what start() made
             self.close()
             raise
         self._status = "running"
         self.loop.call_soon_threadsafe(self._heartbeat)
+        if self.memory_limit:
+            self.loop.call_soon_threadsafe(self._watch_memory)
+        if self.lifetime:
+            lifetime = self.lifetime + random.uniform(0, self.lifetime_stagger or 0)
+            self.loop.call_later(lifetime, self._lifetime_over)
         log.info("Registered to: %s", self.scheduler_address)
         return self
+
+    def _register(self) -> Future:
+        return self.scheduler.request(Msg.REGISTER_WORKER, {
+            "address": self.address, "nthreads": self.nthreads, "name": self.name,
+            "pid": os.getpid(), "nanny": self.nanny, "resources": self.resources,
+            "memory_limit": self.memory_limit, "versions": get_versions()})
 
     def __enter__(self) -> "Worker":
         return self.start()
@@ -231,17 +256,91 @@ class Worker:
         """Block until the worker has stopped serving (closed, or its scheduler left)."""
         return self._stopped.wait(timeout)
 
-    def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
-        if self._status == "running":
-            log.warning("worker %s lost its scheduler %s: %s; shutting down",
-                        self.address, self.scheduler_address, exc or "closed")
+    def stop_serving(self, reason: str) -> None:
+        """Loop thread: stop taking work and close every socket (``close()`` then joins)."""
+        if self._status in ("running", "starting", "reconnecting"):
             self._status = "closing"
-            self._shutdown_on_loop()
-
-    def _close_requested(self, conn: Connection, reason: str) -> None:
-        log.info("worker %s asked to close: %s", self.address, reason)
-        self._status = "closing"
+        log.info("worker %s stopping: %s", self.address, reason)
         self._shutdown_on_loop()
+
+    def _leave(self, reason: str) -> None:
+        if self.on_leave is not None:
+            self.on_leave(reason)
+
+    def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
+        if self._status != "running":
+            return
+        log.warning("worker %s lost its scheduler %s (%s); trying to reach it again for "
+                    "%.0fs", self.address, self.scheduler_address, exc or "closed",
+                    self.config.death_timeout)
+        self._status = "reconnecting"
+        # Whatever it held belongs to a scheduler that is gone: keep nothing.
+        self.tasks.clear()
+        self.store.clear()
+        self._owned.clear()
+        self._borrowed.clear()
+        self._fetching.clear()
+        connect(self.loop, self.scheduler_address, config=self.config, token=self.token,
+                role="worker", info={"address": self.address}, handler=self._dispatch,
+                on_close=self._scheduler_closed, timeout=self.config.death_timeout
+                ).add_done_callback(self._reconnected)
+
+    def _reconnected(self, fut: Future) -> None:
+        if self._status != "reconnecting":
+            if fut.exception() is None:
+                fut.result().close()
+            return
+        if fut.exception() is not None:
+            log.error("worker %s: the scheduler did not come back within %.0fs; stopping",
+                      self.address, self.config.death_timeout)
+            self._leave("scheduler-gone")
+            self.stop_serving("the scheduler is gone")
+            return
+        self.scheduler = fut.result()
+
+        def registered(reply: Future) -> None:
+            if reply.exception() is not None:
+                log.error("worker %s: could not register again: %s", self.address,
+                          reply.exception())
+                self._leave("scheduler-gone")
+                self.stop_serving("registration refused")
+                return
+            self._status = "running"
+            log.info("worker %s registered again to %s", self.address, self.scheduler_address)
+            self._heartbeat()
+        self._register().add_done_callback(registered)
+
+    def _close_requested(self, conn: Connection, reason: str, leave: str = "") -> None:
+        if leave == "retired":
+            self._leave("lifetime-restart" if self._retiring_for_lifetime and
+                        self.lifetime_restart else "retired")
+        self.stop_serving(reason)
+
+    def _lifetime_over(self) -> None:
+        if self._status != "running":
+            return
+        log.info("worker %s reached its lifetime; retiring", self.address)
+        self._retiring_for_lifetime = True
+        self.scheduler.request(Msg.RETIRE_WORKERS, [self.address])
+
+    # --- memory --------------------------------------------------------------------
+    def _watch_memory(self) -> None:
+        if self._status not in ("running", "reconnecting"):
+            return
+        try:
+            rss = self._process.memory_info().rss
+        except psutil.Error:
+            rss = 0
+        paused = rss > self.memory_limit * self.config.memory_pause_fraction
+        if paused != self.paused:
+            self.paused = paused
+            log.warning("worker %s %s: it uses %.0f MiB of its %.0f MiB limit", self.address,
+                        "pauses (no new tasks)" if paused else "resumes", rss / 2**20,
+                        self.memory_limit / 2**20)
+            self.executor.set_paused(paused)
+            if self.scheduler is not None:
+                self.scheduler.send([Msg.HEARTBEAT, self.metrics()])
+        self.loop.call_later(self.config.memory_interval, self._watch_memory)
 
     # --- dispatch ------------------------------------------------------------------
     def _dispatch(self, conn: Connection, msg: list) -> None:
@@ -281,11 +380,7 @@ class Worker:
             self._run_task(task)
 
     def _fetch(self, holder: str, keys: list[str]) -> None:
-        peer = self._peers.get(holder)
-        if peer is None or (peer.done() and (peer.exception() or peer.result().closed)):
-            peer = self._peers[holder] = connect(
-                self.loop, holder, config=self.config, token=self.token, role="worker",
-                info={"address": self.address}, handler=self._dispatch, timeout=2.0)
+        peer = self._peer(holder)
 
         def connected(fut: Future) -> None:
             if fut.exception() is not None:
@@ -400,6 +495,41 @@ class Worker:
         self._owned.add(key)
         conn.reply(req_id, True, None)
 
+    def _acquire(self, conn: Connection, req_id: int, items: list) -> None:
+        """Copy keys from the workers holding them (a retiring worker); reply the keys
+        now held here."""
+        by_holder: dict[str, list[str]] = {}
+        for key, holders in items:
+            if key not in self.store and holders:
+                by_holder.setdefault(holders[0], []).append(key)
+        if not by_holder:
+            conn.reply(req_id, True, [k for k, _ in items if k in self.store])
+            return
+        remaining = [len(by_holder)]
+
+        def got(fut: Future) -> None:
+            if fut.exception() is None:
+                for key, payload in fut.result():
+                    self.store.put(key, payload=payload)
+                    self._owned.add(key)
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                conn.reply(req_id, True, [k for k, _ in items if k in self.store])
+
+        for holder, keys in by_holder.items():
+            self._peer(holder).add_done_callback(
+                lambda f, keys=keys: f.result().request(Msg.GET_DATA, keys)
+                .add_done_callback(got) if f.exception() is None else got(f))
+
+    def _peer(self, address: str) -> Future:
+        """A (cached) connection to another worker; the future resolves on the loop."""
+        peer = self._peers.get(address)
+        if peer is None or (peer.done() and (peer.exception() or peer.result().closed)):
+            peer = self._peers[address] = connect(
+                self.loop, address, config=self.config, token=self.token, role="worker",
+                info={"address": self.address}, handler=self._dispatch, timeout=2.0)
+        return peer
+
     def _get_data(self, conn: Connection, req_id: int, keys: list) -> None:
         found = []
         for key in keys:
@@ -459,6 +589,8 @@ class Worker:
 
     # --- heartbeat -----------------------------------------------------------------
     def _heartbeat(self) -> None:
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
         if self._status != "running" or self.scheduler is None:
             return
         self.scheduler.send([Msg.HEARTBEAT, self.metrics()])
@@ -471,7 +603,8 @@ class Worker:
             cpu = self._process.cpu_percent()
         except psutil.Error:
             rss, cpu = 0, 0.0
-        return {"memory": rss, "cpu": cpu, "executing": self.executor.executing,
+        return {"memory": rss, "cpu": cpu, "paused": self.paused,
+                "executing": self.executor.executing,
                 "ready": len(self.tasks), "stored": len(self.store), "nbytes": self.store.nbytes,
                 "time": time.time()}
 

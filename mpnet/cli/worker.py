@@ -1,0 +1,300 @@
+"""``mpnet-worker`` (and ``mpnet worker``): join a scheduler with ``--nworkers`` workers.
+
+::
+
+    mpnet-worker process
+      main thread ─ parse ─ start services ─ Shutdown.wait() ─ close services ─ exit
+      mpnet-worker-cli-loop thread: the one selector loop all the services here share
+        Nanny × n ── spawn, watch, restart ──► worker processes (their own loops)
+        or, with --no-nanny, Worker × n right here
+
+It ends on SIGINT or SIGTERM, or by itself when the scheduler tells the workers to leave
+or goes away. Every option maps onto a keyword argument of :class:`~mpnet.Nanny` or
+:class:`~mpnet.Worker`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+import re
+import time
+from typing import Any
+
+import click
+
+from ..comm.addressing import format_address
+from ..comm.auth import resolve_token
+from ..comm.eventloop import EventLoop
+from ..config import Config
+from ..deploy.local import memory_per_worker
+from ..deploy.scheduler_file import DEFAULT_WAIT, read_scheduler_file
+from ..nanny.nanny import Nanny
+from ..worker.worker import Worker
+from .common import (FIREWALL_HELP, Command, Duration, PortRange, Shutdown,
+                     check_preload_argv, checked_address, choose_host, read_token_file,
+                     service_errors, setup_logging, share_ports, version_option)
+
+__all__ = ["worker", "main"]
+
+log = logging.getLogger("mpnet.cli")
+
+
+class _NWorkers(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if value == "auto":
+            return os.cpu_count() or 1
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+        if n < 1:
+            self.fail(f"need at least one worker, got {n}", param, ctx)
+        return n
+
+
+def _resources(text: str | None) -> dict[str, float]:
+    """``"GPU=2 db=1"`` (or ``"GPU=2,db=1"``) → ``{"GPU": 2.0, "db": 1.0}``."""
+    found: dict[str, float] = {}
+    for item in re.split(r"[\s,]+", (text or "").strip()):
+        if not item:
+            continue
+        key, sep, amount = item.partition("=")
+        try:
+            if not key or not sep:
+                raise ValueError
+            found[key] = float(amount)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not NAME=AMOUNT (e.g. \"GPU=2 db=1\")",
+                                     param_hint="'--resources'") from None
+    return found
+
+
+def _memory_limit(text: str, n: int) -> int:
+    """Bytes per worker from ``auto`` (the machine shared out), ``0.5`` (of the machine),
+    ``4GiB`` (each), or ``0`` (no limit)."""
+    value: Any = text
+    try:
+        number = float(text)
+        value = number if 0 < number <= 1 else int(number)
+    except ValueError:
+        pass
+    try:
+        return memory_per_worker(value, n)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--memory-limit'") from None
+
+
+def _scheduler_address(address: str | None, scheduler_file: str | None,
+                       wait: float) -> tuple[str, str | None]:
+    """The scheduler's address, and the token its scheduler file carries (if any)."""
+    if address and scheduler_file:
+        raise click.UsageError("give the scheduler's ADDRESS or --scheduler-file, not both")
+    if scheduler_file:
+        with service_errors():
+            found = read_scheduler_file(scheduler_file, timeout=wait)
+        return found["address"], found.get("token")
+    if not address:
+        raise click.UsageError("give the scheduler's ADDRESS (tcp://host:8786) or "
+                               "--scheduler-file PATH")
+    host, port = checked_address(address, "ADDRESS", default_port=8786)
+    return format_address(host or "127.0.0.1", port), None
+
+
+def _taken_by(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The ``options`` that ``cls`` (or its configuration) takes; a warning for the rest.
+
+    Lifetime and reconnection (``death_timeout``) land in Worker, Nanny and Config with
+    the supervision work, apart from this command: each option is passed on where it is
+    taken, and said to be ignored where it is not yet.
+    """
+    takes = set(inspect.signature(cls).parameters) | {f.name for f in dataclasses.fields(Config)}
+    for name, value in options.items():
+        if value and name not in takes:
+            log.warning("--%s is accepted but not acted on yet by this version's %s",
+                        name.replace("_", "-"), cls.__name__)
+    return {k: v for k, v in options.items() if k in takes and v is not None}
+
+
+def _check_combinations(o: dict) -> None:
+    if o["listen_address"] and (o["host"] or o["interface"] or o["worker_port"]):
+        raise click.UsageError("--listen-address replaces --host, --interface and "
+                               "--worker-port: give one or the other")
+    if o["contact_address"] and o["nworkers"] > 1:
+        raise click.UsageError("--contact-address names one worker: it cannot be shared "
+                               "by --nworkers > 1")
+    if not o["nanny"] and (o["nanny_port"] or o["preload_nanny"] or o["lifetime_restart"]):
+        raise click.UsageError("--nanny-port, --preload-nanny and --lifetime-restart need "
+                               "a nanny: drop --no-nanny")
+    if (o["lifetime_stagger"] or o["lifetime_restart"]) and not o["lifetime"]:
+        raise click.UsageError("--lifetime-stagger and --lifetime-restart need --lifetime")
+
+
+@click.command(
+    "worker", cls=Command, context_settings=dict(ignore_unknown_options=True),
+    epilog=FIREWALL_HELP, short_help="Join a scheduler with one or more workers.",
+    help="Join the scheduler at ADDRESS (or the one --scheduler-file names) with "
+         "--nworkers worker processes, each watched by a nanny that restarts it if it "
+         "dies, until SIGINT, SIGTERM or the scheduler's shutdown.\n\n"
+         "The token comes from --token-file, else MPNET_TOKEN, else the scheduler file, "
+         "else ~/.config/mpnet/token. Options a --preload's mpnet_setup defines may follow "
+         "ADDRESS on the same command line.")
+@click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
+              help="Read the scheduler's address and token from this file, waiting for it "
+                   "to appear (up to --death-timeout, else 60 s).")
+@click.option("--nthreads", type=click.IntRange(min=1), default=None,
+              help="Threads per worker  [default: CPUs / --nworkers]")
+@click.option("--nworkers", type=_NWorkers(), default="1", show_default=True,
+              help="Worker processes to start, or 'auto' for one per CPU.")
+@click.option("--nanny/--no-nanny", default=True, show_default=True,
+              help="Run each worker in a process watched by a nanny, or in this process.")
+@click.option("--name", default=None,
+              help="Worker name (NAME-0, NAME-1, ... with --nworkers > 1)  "
+                   "[default: its address]")
+@click.option("--memory-limit", default="auto", show_default=True,
+              help="Memory per worker: 'auto' shares this machine's out, 0.5 is half the "
+                   "machine, 4GiB, or 0 for no limit.")
+@click.option("--resources", default=None, metavar='"NAME=N ..."',
+              help='Abstract resources tasks can ask for, e.g. "GPU=2 db=1".')
+@click.option("--worker-port", type=PortRange(), default=None,
+              help="Port or range (9000:9100) for the workers, shared out among "
+                   "--nworkers  [default: random]")
+@click.option("--nanny-port", type=PortRange(), default=None,
+              help="Port or range for the nannies, shared out likewise  [default: random]")
+@click.option("--listen-address", default=None, metavar="tcp://HOST:PORT",
+              help="Address the worker listens on, e.g. tcp://0.0.0.0:9000.")
+@click.option("--contact-address", default=None, metavar="tcp://HOST:PORT",
+              help="Address others reach the worker at, when it differs from the one it "
+                   "listens on (NAT, containers).")
+@click.option("--host", default=None, metavar="HOST",
+              help="Interface address to listen on  [default: loopback for a local "
+                   "scheduler, else every interface]")
+@click.option("--interface", default=None, metavar="NIC",
+              help="Listen on this network interface's IPv4 address (eth0, ib0).")
+@click.option("--death-timeout", type=Duration(), default=None,
+              help="How long to try to reach the scheduler (and wait for its file) "
+                   "before giving up, e.g. 60 or 2m.")
+@click.option("--lifetime", type=Duration(), default=None,
+              help="Close the worker gracefully after this long (e.g. 1h), to leave a "
+                   "job's allocation cleanly.")
+@click.option("--lifetime-stagger", type=Duration(), default=None,
+              help="Randomise --lifetime by up to this much, so workers do not all leave "
+                   "at once.")
+@click.option("--lifetime-restart/--no-lifetime-restart", default=False,
+              help="At the end of --lifetime, have the nanny start a fresh worker instead "
+                   "of closing.")
+@click.option("--local-directory", type=click.Path(file_okay=False), default=None,
+              help="Directory for the worker's scratch files.")
+@click.option("--preload", multiple=True, metavar="MODULE|FILE.py",
+              help="Run this module's mpnet_setup(worker) in each worker process before it "
+                   "registers. Repeatable.")
+@click.option("--preload-nanny", multiple=True, metavar="MODULE|FILE.py",
+              help="Run this module's mpnet_setup(nanny) in the nanny. Repeatable.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="Read the cluster token from this file.")
+@version_option("mpnet-worker")
+@click.argument("address", required=False)
+@click.argument("preload_argv", nargs=-1, type=click.UNPROCESSED)
+def worker(**o: Any) -> None:
+    setup_logging()
+    address, preload_argv = o["address"], tuple(o["preload_argv"])
+    if address and address.startswith("-"):   # a preload's option, taken for ADDRESS
+        address, preload_argv = None, (address, *preload_argv)
+    _check_combinations(o)
+    check_preload_argv(preload_argv, [*o["preload"], *o["preload_nanny"]])
+    n = o["nworkers"]
+    host = choose_host(o["host"], o["interface"])
+    worker_ports = o["worker_port"]
+    if o["listen_address"]:
+        host, port = checked_address(o["listen_address"], "--listen-address")
+        worker_ports = [port]
+    if o["contact_address"]:
+        checked_address(o["contact_address"], "--contact-address")
+    kwargs = dict(
+        nthreads=o["nthreads"] or max(1, (os.cpu_count() or 1) // n), host=host,
+        contact_address=o["contact_address"], resources=_resources(o["resources"]),
+        memory_limit=_memory_limit(o["memory_limit"], n),
+        local_directory=o["local_directory"], preload=list(o["preload"]),
+        preload_argv=list(preload_argv), connect_timeout=o["death_timeout"])
+    later = {k: o[k] for k in ("lifetime", "lifetime_stagger", "lifetime_restart",
+                               "death_timeout")}
+    kwargs.update(_taken_by(Nanny if o["nanny"] else Worker, later))
+    worker_ports = share_ports(worker_ports, n, "--worker-port")
+    nanny_ports = share_ports(o["nanny_port"], n, "--nanny-port")
+    explicit = read_token_file(o["token_file"]) if o["token_file"] else None
+    address, file_token = _scheduler_address(address, o["scheduler_file"],
+                                             o["death_timeout"] or DEFAULT_WAIT)
+    kwargs["token"] = resolve_token(explicit, scheduler_file_token=file_token)
+
+    loop = EventLoop("mpnet-worker-cli-loop")
+    services: list[Nanny | Worker] = []
+    with Shutdown("mpnet-worker") as shutdown:
+        try:
+            with service_errors():
+                for i in range(n):
+                    name = f"{o['name']}-{i}" if o["name"] and n > 1 else o["name"]
+                    if o["nanny"]:
+                        services.append(Nanny(
+                            address, name=name, port=nanny_ports[i],
+                            worker_port=worker_ports[i], preload_nanny=list(o["preload_nanny"]),
+                            preload_nanny_argv=list(preload_argv), loop=loop, **kwargs))
+                    else:
+                        services.append(Worker(address, name=name, port=worker_ports[i],
+                                               loop=loop, **kwargs))
+                if not o["nanny"]:
+                    check_preload_argv(preload_argv, services[0].preloads)
+                _start(services)
+            shutdown.wait(lambda: all(_finished(s) for s in services))
+            if shutdown.received:
+                log.info("%s received: closing %d worker(s)", shutdown.reason, len(services))
+            else:
+                log.info("the scheduler asked the workers to leave: closing")
+        finally:
+            _close(services, loop)
+
+
+def _start(services: list[Nanny | Worker]) -> None:
+    """Start every service; nannies spawn their worker processes all at once."""
+    nannies = [s for s in services if isinstance(s, Nanny)]
+    for nanny in nannies:
+        nanny.start_nowait()
+    for nanny in nannies:
+        nanny.wait_started()
+    for w in services:
+        if isinstance(w, Worker):
+            w.start()
+
+
+def _finished(service: Nanny | Worker) -> bool:
+    """True once a service stopped by itself (told to leave, or its scheduler is gone)."""
+    if isinstance(service, Nanny):
+        return service.status in ("closing", "closed")
+    return service.wait_closed(0)
+
+
+def _close(services: list[Nanny | Worker], loop: EventLoop) -> None:
+    """Close everything under one deadline: ask every nanny first, then wait for each."""
+    timeout = services[0].config.close_timeout if services else 3.0
+    deadline = time.monotonic() + timeout
+    nannies = [s for s in services if isinstance(s, Nanny)]
+    for nanny in nannies:
+        nanny.begin_close()
+    for nanny in nannies:
+        nanny.finish_close(deadline)
+    for w in services:
+        if isinstance(w, Worker):
+            w.close(timeout=max(0.1, deadline - time.monotonic()))
+    loop.close()
+
+
+def main() -> None:
+    """Entry point of the ``mpnet-worker`` console script."""
+    worker.main(prog_name="mpnet-worker")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Cluster-wide operations that take several round trips: restart, retire, liveness.
+
+::
+
+    client ── RESTART(all) ──► cancel every task ─► RESTART_WORKER to each nanny ─┐
+                  ◄── REPLY once every nanny's new worker has registered ◄────────┘
+    client ── RETIRE_WORKERS ─► no new work there ─► its tasks finish ─► ACQUIRE:
+              other workers copy what lives only there ─► CLOSE_WORKER("retired") ─► REPLY
+
+These run on the scheduler's loop thread, as small objects driven by timers and
+replies; the state machine does the bookkeeping, this module the choreography.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Callable
+
+from ..comm.protocol import Msg
+
+if TYPE_CHECKING:
+    from .server import Scheduler
+
+__all__ = ["restart", "retire", "check_heartbeats"]
+
+log = logging.getLogger("mpnet.scheduler")
+
+_POLL = 0.05
+
+
+def check_heartbeats(scheduler: "Scheduler") -> None:
+    """Declare lost the workers silent for ``worker_ttl`` seconds (hung, socket open)."""
+    cfg = scheduler.config
+    for address in scheduler.state.silent_workers(time.monotonic(), cfg.worker_ttl):
+        ws = scheduler.state.workers[address]
+        log.warning("worker %s sent no heartbeat for %.1fs: declaring it lost",
+                    address, cfg.worker_ttl)
+        link, ws.link = ws.link, None
+        scheduler._lost(address, f"no heartbeat for {cfg.worker_ttl:.1f}s (hung?)")
+        if link is not None:
+            link.owner_data = None
+            link.close()
+
+
+def restart(scheduler: "Scheduler", addresses: list[str] | None, timeout: float,
+            done: Callable[[bool, str], None]) -> None:
+    """Restart workers through their nannies; ``addresses=None`` means every worker and
+    cancels every task. ``done(ok, message)`` once all are back or ``timeout`` passed."""
+    state = scheduler.state
+    chosen = [ws for ws in state.workers.values()
+              if addresses is None or ws.address in addresses or ws.name in addresses]
+    nannies = {ws.nanny for ws in chosen if ws.nanny in scheduler.nannies}
+    without = [ws.address for ws in chosen if ws.nanny not in scheduler.nannies]
+    if addresses is None:
+        state.cancel_all("the cluster was restarted (client.restart()): resubmit the work")
+    for nanny in nannies:
+        scheduler.nannies[nanny].send([Msg.RESTART_WORKER, "client.restart()"])
+    scheduler._send_outbox()
+    old = {ws.address for ws in chosen}
+    deadline = time.monotonic() + timeout
+
+    def back() -> set[str]:
+        """Nannies whose new worker has registered."""
+        return {ws.nanny for ws in state.workers.values()
+                if ws.nanny in nannies and ws.address not in old}
+
+    def check() -> None:
+        came_back = back()
+        if came_back == nannies:
+            note = (f"; {len(without)} workers without a nanny were not restarted: "
+                    f"{', '.join(without)}") if without else ""
+            done(True, f"restarted {len(nannies)} workers{note}")
+        elif time.monotonic() > deadline:
+            done(False, f"only {len(came_back)} of {len(nannies)} workers came back within "
+                        f"{timeout}s; the others' nannies are still trying (see their logs)")
+        else:
+            scheduler.loop.call_later(_POLL, check)
+    check()
+
+
+def retire(scheduler: "Scheduler", addresses: list[str], timeout: float,
+           done: Callable[[bool, str], None]) -> None:
+    """Move data off ``addresses`` and close them (their nannies do not restart them)."""
+    state = scheduler.state
+    targets = [a for a in addresses if a in state.workers]
+    for address in targets:
+        state.stop_assigning(address)
+    deadline = time.monotonic() + timeout
+
+    def drained() -> None:
+        busy = [a for a in targets if a in state.workers and state.workers[a].processing]
+        if busy and time.monotonic() < deadline:
+            scheduler.loop.call_later(_POLL, drained)
+            return
+        move()
+
+    def move() -> None:
+        copies: list[Future] = []
+        for address in targets:
+            if address not in state.workers:
+                continue
+            for target, items in state.retire(address):
+                link = state.workers[target].link
+                if link is not None:
+                    fut = link.request(Msg.ACQUIRE, items)
+                    fut.add_done_callback(lambda f, t=target: _got(f, t))
+                    copies.append(fut)
+        scheduler._when_all(copies, lambda results: close())
+
+    def _got(fut: Future, target: str) -> None:
+        if fut.exception() is None:
+            for key in fut.result():
+                state.add_replica(target, key)
+
+    def close() -> None:
+        for address in targets:
+            ws = state.workers.get(address)
+            if ws is not None and ws.link is not None:
+                ws.link.send([Msg.CLOSE_WORKER, "retired", "retired"])
+        scheduler._send_outbox()
+        done(True, f"retired {len(targets)} workers")
+
+    drained()
