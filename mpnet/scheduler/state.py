@@ -22,89 +22,26 @@ Payloads (functions, arguments, results) are opaque objects here: never looked i
 
 from __future__ import annotations
 
-import heapq
 import itertools
-import time
 from typing import Any, Iterable
 
 from ..comm.protocol import Msg
 from ..config import Config
-
-ACTIVE = frozenset({"waiting", "ready", "processing"})
-_MAX_EXITS = 1000      # remembered worker exits, for KilledWorkerError messages
+from .placement import Placement
+from .recovery import Recovery
+from .taskstate import ACTIVE, ClientState, TaskState, WorkerState
 
 __all__ = ["SchedulerState", "TaskState", "WorkerState", "ClientState"]
 
 
-class TaskState:
-    __slots__ = ("key", "state", "fn", "args", "dependencies", "dependents", "waiting_on",
-                 "who_has", "processing_on", "who_wants", "priority", "retries", "nbytes",
-                 "exception", "traceback", "lost", "failed_on", "scattered", "__weakref__")
-
-    def __init__(self, key: str, fn: Any, args: Any, priority: tuple, retries: int):
-        self.key = key
-        self.state = "waiting"
-        self.fn, self.args = fn, args
-        self.dependencies: set[TaskState] = set()
-        self.dependents: set[TaskState] = set()
-        self.waiting_on: set[TaskState] = set()
-        self.who_has: set[WorkerState] = set()
-        self.processing_on: WorkerState | None = None
-        self.who_wants: set[ClientState] = set()
-        self.priority = priority
-        self.retries = retries
-        self.nbytes = 0
-        self.exception: Any = None
-        self.traceback = ""
-        self.lost = ""                     # "killed" / "lost" when the scheduler failed it
-        self.failed_on: list[str] = []     # workers that died while running it
-        self.scattered = False
-
-    def __repr__(self) -> str:
-        return f"<Task {self.key} {self.state}>"
-
-
-class WorkerState:
-    __slots__ = ("address", "name", "nthreads", "pid", "nanny", "info", "processing",
-                 "has_what", "nbytes", "metrics", "last_seen", "link", "exit", "paused",
-                 "retiring")
-
-    def __init__(self, address: str, nthreads: int, name: str, pid: int, nanny: str | None,
-                 info: dict):
-        self.address, self.nthreads, self.name, self.pid = address, nthreads, name, pid
-        self.nanny = nanny
-        self.info = info
-        self.processing: set[TaskState] = set()
-        self.has_what: set[TaskState] = set()
-        self.nbytes = 0
-        self.metrics: dict = {}
-        self.last_seen = time.monotonic()
-        self.link: Any = None            # the I/O layer's handle (its connection)
-        self.exit: str = ""              # how it ended, when its nanny told us
-        self.paused = False              # memory pressure: send it nothing new
-        self.retiring = False            # leaving: send it nothing new
-
-    def __repr__(self) -> str:
-        return f"<Worker {self.address} processing={len(self.processing)}>"
-
-
-class ClientState:
-    __slots__ = ("id", "wants", "link", "info")
-
-    def __init__(self, client_id: str, info: dict):
-        self.id = client_id
-        self.info = info
-        self.wants: set[TaskState] = set()
-        self.link: Any = None
-
-
-class SchedulerState:
+class SchedulerState(Placement, Recovery):
     def __init__(self, config: Config):
         self.config = config
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerState] = {}
         self.clients: dict[str, ClientState] = {}
         self.ready: list = []                    # heap of (priority, TaskState)
+        self.restricted: list[TaskState] = []    # ready, waiting for a worker that fits
         self.outbox: list[tuple[Any, list]] = []
         self.exits: dict[str, str] = {}          # worker address → "pid 12, exit code 3"
         self.counts = {"submitted": 0, "finished": 0, "erred": 0, "workers_lost": 0}
@@ -126,11 +63,6 @@ class SchedulerState:
     def take_outbox(self) -> list:
         out, self.outbox = self.outbox, []
         return out
-
-    def _capacity(self, ws: WorkerState) -> int:
-        if ws.paused or ws.retiring:
-            return 0
-        return ws.nthreads + self.config.worker_queue_extra
 
     # --- clients -------------------------------------------------------------------
     def add_client(self, client_id: str, info: dict | None = None,
@@ -215,46 +147,6 @@ class SchedulerState:
             placed[key] = ws
         return placed
 
-    # --- placing work --------------------------------------------------------------
-    def _make_ready(self, ts: TaskState) -> None:
-        ws = self._pick_worker(ts)
-        if ws is None:
-            self._to(ts, "ready")
-            heapq.heappush(self.ready, (ts.priority, ts))
-        else:
-            self._compute(ts, ws)
-
-    def _pick_worker(self, ts: TaskState) -> WorkerState | None:
-        """Data locality first (the worker holding most of its inputs), then least load."""
-        if ts.dependencies:
-            held: dict[WorkerState, int] = {}
-            for dep in ts.dependencies:
-                for ws in dep.who_has:
-                    held[ws] = held.get(ws, 0) + dep.nbytes + 1
-            for ws in sorted(held, key=held.__getitem__, reverse=True):
-                if len(ws.processing) < self._capacity(ws):
-                    return ws
-        best, best_load = None, None
-        for ws in self.workers.values():
-            load = len(ws.processing) / ws.nthreads
-            if len(ws.processing) < self._capacity(ws) and (best is None or load < best_load):
-                best, best_load = ws, load
-        return best
-
-    def _compute(self, ts: TaskState, ws: WorkerState) -> None:
-        self._to(ts, "processing")
-        ts.processing_on = ws
-        ws.processing.add(ts)
-        who_has = [[d.key, [w.address for w in d.who_has]] for d in ts.dependencies]
-        self._send(ws, [Msg.COMPUTE, ts.key, ts.fn, ts.args, who_has, ts.priority])
-
-    def _fill(self, ws: WorkerState) -> None:
-        ready = self.ready
-        while ready and len(ws.processing) < self._capacity(ws):
-            ts = heapq.heappop(ready)[1]
-            if ts.state == "ready":
-                self._compute(ts, ws)
-
     # --- results -------------------------------------------------------------------
     def task_finished(self, ws: WorkerState, key: str, payload: Any, nbytes: int) -> None:
         ts = self.tasks.get(key)
@@ -263,8 +155,7 @@ class SchedulerState:
             if ts is None or ws not in ts.who_has:
                 self._send(ws, [Msg.FREE, [key]])
             return
-        ws.processing.discard(ts)
-        ts.processing_on = None
+        self._unassign(ts)
         self._to(ts, "memory")
         ts.nbytes = nbytes
         ts.who_has.add(ws)
@@ -290,8 +181,7 @@ class SchedulerState:
         ts = self.tasks.get(key)
         if ts is None or ts.processing_on is not ws:
             return
-        ws.processing.discard(ts)
-        ts.processing_on = None
+        self._unassign(ts)
         if ts.retries > 0:
             ts.retries -= 1
             self._make_ready(ts)
@@ -306,10 +196,10 @@ class SchedulerState:
             t = stack.pop()
             if t.state in ("erred", "memory", "forgotten"):
                 continue
-            if t.processing_on is not None:
-                t.processing_on.processing.discard(t)
-                self._send(t.processing_on, [Msg.FREE, [t.key]])
-                t.processing_on = None
+            ws = self._unassign(t)
+            if ws is not None:
+                self._send(ws, [Msg.FREE, [t.key]])
+                self._fill(ws)
             self._to(t, "erred")
             t.exception, t.traceback = exception, tb
             self.counts["erred"] += 1
@@ -325,9 +215,7 @@ class SchedulerState:
             t = stack.pop()
             if t.state in ("erred", "forgotten") or (t.state == "memory" and t is not ts):
                 continue
-            if t.processing_on is not None:
-                t.processing_on.processing.discard(t)
-                t.processing_on = None
+            self._unassign(t)
             self._to(t, "erred")
             t.exception, t.traceback, t.lost = None, reason, kind
             self.counts["erred"] += 1
@@ -335,27 +223,6 @@ class SchedulerState:
                 self._send(cs, [Msg.TASK_LOST, t.key, kind, reason])
             stack.extend(d for d in t.dependents if d.state in ACTIVE)
             self._inputs_done(t)
-
-    def missing_data(self, ws: WorkerState, key: str, dep_key: str, holder: str) -> None:
-        """``ws`` could not fetch ``dep_key`` from ``holder`` for task ``key``."""
-        dep = self.tasks.get(dep_key)
-        gone = self.workers.get(holder)
-        if dep is not None and gone is not None and gone in dep.who_has:
-            # Unreachable or without the data: either way we stop counting on it there,
-            # and tell it so, in case it still holds a copy nobody would free.
-            dep.who_has.discard(gone)
-            gone.has_what.discard(dep)
-            gone.nbytes -= dep.nbytes
-            self._send(gone, [Msg.FREE, [dep_key]])
-        if dep is not None and dep.state == "memory" and not dep.who_has:
-            self._data_lost(dep)
-        ts = self.tasks.get(key)
-        if ts is not None and ts.processing_on is ws:
-            ws.processing.discard(ts)
-            ts.processing_on = None
-            self._to(ts, "waiting")
-            self._wait_for_inputs(ts)
-            self._fill(ws)
 
     # --- cancelling and forgetting --------------------------------------------------
     def release(self, cs: ClientState, keys: Iterable[str]) -> None:
@@ -414,10 +281,8 @@ class SchedulerState:
             return
         self._to(ts, "forgotten")
         self.tasks.pop(ts.key, None)
-        ws = ts.processing_on
+        ws = self._unassign(ts)
         if ws is not None:
-            ws.processing.discard(ts)
-            ts.processing_on = None
             self._send(ws, [Msg.FREE, [ts.key]])
             self._fill(ws)
         for ws in ts.who_has:
@@ -451,136 +316,12 @@ class SchedulerState:
             if not paused:
                 self._fill(ws)
 
-    def silent_workers(self, now: float, ttl: float) -> list[str]:
-        """Workers with no heartbeat for ``ttl`` seconds (hung with the socket open)."""
-        return [a for a, ws in self.workers.items() if now - ws.last_seen > ttl]
-
     def cancel_all(self, reason: str) -> None:
         """Every task of every client: cancelled and forgotten (``client.restart()``)."""
         for ts in list(self.tasks.values()):
             if ts.state != "forgotten":
                 self._cancel_one(ts, reason)
         self.ready.clear()
-
-    def stop_assigning(self, address: str) -> None:
-        """Send ``address`` no new work (it is retiring)."""
-        if address in self.workers:
-            self.workers[address].retiring = True
-
-    def retire(self, address: str) -> list[list]:
-        """Plan the move of data that lives only on ``address`` (retiring) and is still
-        needed: ``[[target address, [[key, [address]], ...]], ...]``."""
-        ws = self.workers[address]
-        ws.retiring = True
-        others = [w for w in self.workers.values() if not w.retiring and w is not ws]
-        if not others:
-            return []
-        plan: dict[str, list] = {}
-        for ts in ws.has_what:
-            if len(ts.who_has) == 1 and self._needed_data(ts):
-                target = min(others, key=lambda w: w.nbytes + sum(
-                    self.tasks[k].nbytes for k, _ in plan.get(w.address, ()) if k in self.tasks))
-                plan.setdefault(target.address, []).append([ts.key, [address]])
-        return [[target, items] for target, items in plan.items()]
-
-    def _needed_data(self, ts: TaskState) -> bool:
-        return bool(ts.who_wants) or any(d.state in ACTIVE for d in ts.dependents) \
-            or ts.scattered
-
-    def add_replica(self, address: str, key: str) -> None:
-        """``address`` now holds a copy of ``key`` too."""
-        ws = self.workers.get(address)
-        ts = self.tasks.get(key)
-        if ws is None:
-            return
-        if ts is None or ts.state != "memory":
-            self._send(ws, [Msg.FREE, [key]])
-            return
-        if ws not in ts.who_has:
-            ts.who_has.add(ws)
-            ws.has_what.add(ts)
-            ws.nbytes += ts.nbytes
-
-    def worker_exited(self, address: str, description: str) -> None:
-        """A nanny reports how its worker ended (e.g. ``pid 41, exit code 3``)."""
-        self.exits[address] = description
-        while len(self.exits) > _MAX_EXITS:          # oldest first: dicts keep order
-            del self.exits[next(iter(self.exits))]
-        if address in self.workers:
-            self.workers[address].exit = description
-            self.remove_worker(address, description)
-
-    def remove_worker(self, address: str, reason: str) -> None:
-        ws = self.workers.pop(address, None)
-        if ws is None:
-            return
-        self.counts["workers_lost"] += 1
-        ended = f"{address} ({self.exits.get(address) or ws.exit or reason})"
-        limit = self.config.allowed_failures
-        # First forget everything the worker held, so nothing below counts on it ...
-        held = list(ws.has_what)
-        for ts in held:
-            ts.who_has.discard(ws)
-        ws.has_what.clear()
-        interrupted = sorted(ws.processing, key=lambda t: t.priority)
-        ws.processing.clear()
-        for ts in interrupted:
-            ts.processing_on = None
-            ts.failed_on.append(ended)
-            self._to(ts, "waiting")
-        # ... then recompute what was lost and reschedule what was interrupted.
-        for ts in held:
-            if ts.state == "memory" and not ts.who_has:
-                self._data_lost(ts)
-        for ts in interrupted:
-            if ts.state != "waiting" or ts.processing_on is not None:
-                continue
-            if len(ts.failed_on) > limit:
-                self._lose(ts, "killed", (
-                    f"task {ts.key} was running on {len(ts.failed_on)} workers that died: "
-                    f"{', '.join(ts.failed_on)}. It probably kills its worker itself (a "
-                    f"crash, os._exit, running out of memory): fix the task, or raise "
-                    f"allowed_failures (now {limit}) if the deaths were bad luck."))
-            else:
-                self._wait_for_inputs(ts)
-
-    def _data_lost(self, ts: TaskState) -> None:
-        """The only copy of ``ts``'s result is gone: recompute it if anyone needs it."""
-        if not self._needed(ts):
-            self._to(ts, "released")
-            self._maybe_forget(ts)
-            return
-        for dep in ts.dependents:
-            if dep.state == "ready":           # queued here, not yet sent: wait again
-                self._to(dep, "waiting")
-            if dep.state == "waiting":
-                dep.waiting_on.add(ts)
-        self._recompute(ts)
-
-    def _recompute(self, ts: TaskState) -> None:
-        if ts.scattered or ts.fn is None:
-            self._lose(ts, "lost", f"the data of {ts.key} was scattered to a worker that "
-                                   "died, and mpnet cannot recompute it: scatter it again")
-            return
-        self._to(ts, "waiting")
-        self._wait_for_inputs(ts)
-
-    def _wait_for_inputs(self, ts: TaskState) -> None:
-        """``ts`` is waiting: find which inputs it lacks, recomputing lost ones."""
-        ts.waiting_on = set()
-        for dep in ts.dependencies:
-            if dep.state == "memory" and dep.who_has:
-                continue
-            if dep.state in ("erred", "forgotten"):
-                self._lose(ts, "lost", f"input {dep.key} of {ts.key} is no longer available")
-                return
-            ts.waiting_on.add(dep)
-            if dep.state in ("released", "memory"):
-                self._recompute(dep)
-                if ts.state != "waiting":
-                    return
-        if not ts.waiting_on:
-            self._make_ready(ts)
 
     # --- reporting -----------------------------------------------------------------
     def worker_info(self) -> dict:

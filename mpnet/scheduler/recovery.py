@@ -1,0 +1,170 @@
+"""Losing workers and data: rescheduling, recomputing from lineage, retiring.
+
+Mixed into :class:`~.state.SchedulerState`; no I/O. When a worker is lost, everything
+it held is forgotten first, then results that are gone and still needed are recomputed
+from their recipes (recursively), then its interrupted tasks are rescheduled — or fail
+with ``KilledWorkerError`` once they were running on ``allowed_failures + 1`` workers
+that died.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..comm.protocol import Msg
+from .taskstate import ACTIVE, TaskState, WorkerState
+
+__all__ = ["Recovery"]
+
+_MAX_EXITS = 1000      # remembered worker exits, for KilledWorkerError messages
+
+
+class Recovery:
+    if TYPE_CHECKING:
+        workers: dict
+        tasks: dict
+        exits: dict
+
+    def missing_data(self, ws: WorkerState, key: str, dep_key: str, holder: str) -> None:
+        """``ws`` could not fetch ``dep_key`` from ``holder`` for task ``key``."""
+        dep = self.tasks.get(dep_key)
+        gone = self.workers.get(holder)
+        if dep is not None and gone is not None and gone in dep.who_has:
+            # Unreachable or without the data: either way we stop counting on it there,
+            # and tell it so, in case it still holds a copy nobody would free.
+            dep.who_has.discard(gone)
+            gone.has_what.discard(dep)
+            gone.nbytes -= dep.nbytes
+            self._send(gone, [Msg.FREE, [dep_key]])
+        if dep is not None and dep.state == "memory" and not dep.who_has:
+            self._data_lost(dep)
+        ts = self.tasks.get(key)
+        if ts is not None and ts.processing_on is ws:
+            self._unassign(ts)
+            self._to(ts, "waiting")
+            self._wait_for_inputs(ts)
+            self._fill(ws)
+
+    def silent_workers(self, now: float, ttl: float) -> list[str]:
+        """Workers with no heartbeat for ``ttl`` seconds (hung with the socket open)."""
+        return [a for a, ws in self.workers.items() if now - ws.last_seen > ttl]
+
+    def stop_assigning(self, address: str) -> None:
+        """Send ``address`` no new work (it is retiring)."""
+        if address in self.workers:
+            self.workers[address].retiring = True
+
+    def retire(self, address: str) -> list[list]:
+        """Plan the move of data that lives only on ``address`` (retiring) and is still
+        needed: ``[[target address, [[key, [address]], ...]], ...]``."""
+        ws = self.workers[address]
+        ws.retiring = True
+        others = [w for w in self.workers.values() if not w.retiring and w is not ws]
+        if not others:
+            return []
+        plan: dict[str, list] = {}
+        for ts in ws.has_what:
+            if len(ts.who_has) == 1 and self._needed_data(ts):
+                target = min(others, key=lambda w: w.nbytes + sum(
+                    self.tasks[k].nbytes for k, _ in plan.get(w.address, ()) if k in self.tasks))
+                plan.setdefault(target.address, []).append([ts.key, [address]])
+        return [[target, items] for target, items in plan.items()]
+
+    def _needed_data(self, ts: TaskState) -> bool:
+        return bool(ts.who_wants) or any(d.state in ACTIVE for d in ts.dependents) \
+            or ts.scattered
+
+    def add_replica(self, address: str, key: str) -> None:
+        """``address`` now holds a copy of ``key`` too."""
+        ws = self.workers.get(address)
+        ts = self.tasks.get(key)
+        if ws is None:
+            return
+        if ts is None or ts.state != "memory":
+            self._send(ws, [Msg.FREE, [key]])
+            return
+        if ws not in ts.who_has:
+            ts.who_has.add(ws)
+            ws.has_what.add(ts)
+            ws.nbytes += ts.nbytes
+
+    def worker_exited(self, address: str, description: str) -> None:
+        """A nanny reports how its worker ended (e.g. ``pid 41, exit code 3``)."""
+        self.exits[address] = description
+        while len(self.exits) > _MAX_EXITS:          # oldest first: dicts keep order
+            del self.exits[next(iter(self.exits))]
+        if address in self.workers:
+            self.workers[address].exit = description
+            self.remove_worker(address, description)
+
+    def remove_worker(self, address: str, reason: str) -> None:
+        ws = self.workers.pop(address, None)
+        if ws is None:
+            return
+        self.counts["workers_lost"] += 1
+        ended = f"{address} ({self.exits.get(address) or ws.exit or reason})"
+        limit = self.config.allowed_failures
+        # First forget everything the worker held, so nothing below counts on it ...
+        held = list(ws.has_what)
+        for ts in held:
+            ts.who_has.discard(ws)
+        ws.has_what.clear()
+        interrupted = sorted(ws.processing, key=lambda t: t.priority)
+        for ts in interrupted:
+            self._unassign(ts)
+            ts.failed_on.append(ended)
+            self._to(ts, "waiting")
+        # ... then recompute what was lost and reschedule what was interrupted.
+        for ts in held:
+            if ts.state == "memory" and not ts.who_has:
+                self._data_lost(ts)
+        for ts in interrupted:
+            if ts.state != "waiting" or ts.processing_on is not None:
+                continue
+            if len(ts.failed_on) > limit:
+                self._lose(ts, "killed", (
+                    f"task {ts.key} was running on {len(ts.failed_on)} workers that died: "
+                    f"{', '.join(ts.failed_on)}. It probably kills its worker itself (a "
+                    f"crash, os._exit, running out of memory): fix the task, or raise "
+                    f"allowed_failures (now {limit}) if the deaths were bad luck."))
+            else:
+                self._wait_for_inputs(ts)
+
+    def _data_lost(self, ts: TaskState) -> None:
+        """The only copy of ``ts``'s result is gone: recompute it if anyone needs it."""
+        if not self._needed(ts):
+            self._to(ts, "released")
+            self._maybe_forget(ts)
+            return
+        for dep in ts.dependents:
+            if dep.state == "ready":           # queued here, not yet sent: wait again
+                self._to(dep, "waiting")
+            if dep.state == "waiting":
+                dep.waiting_on.add(ts)
+        self._recompute(ts)
+
+    def _recompute(self, ts: TaskState) -> None:
+        if ts.scattered or ts.fn is None:
+            self._lose(ts, "lost", f"the data of {ts.key} was scattered to a worker that "
+                                   "died, and mpnet cannot recompute it: scatter it again")
+            return
+        self._to(ts, "waiting")
+        self._wait_for_inputs(ts)
+
+    def _wait_for_inputs(self, ts: TaskState) -> None:
+        """``ts`` is waiting: find which inputs it lacks, recomputing lost ones."""
+        ts.waiting_on = set()
+        for dep in ts.dependencies:
+            if dep.state == "memory" and dep.who_has:
+                continue
+            if dep.state in ("erred", "forgotten"):
+                self._lose(ts, "lost", f"input {dep.key} of {ts.key} is no longer available")
+                return
+            ts.waiting_on.add(dep)
+            if dep.state in ("released", "memory"):
+                self._recompute(dep)
+                if ts.state != "waiting":
+                    return
+        if not ts.waiting_on:
+            self._make_ready(ts)
