@@ -11,7 +11,8 @@
      ├── ClusterClosedError       the client, cluster or scheduler is closed
      ├── WorkerLostError          data or a task was lost with a worker
      │    └── KilledWorkerError   a task was on every worker that died running it
-     ├── ActorDiedError           the worker hosting an actor died
+     ├── UnsatisfiableError       no worker could ever run a task or host an actor
+     ├── ActorDiedError           the worker hosting an actor died, or it was killed
      └── VersionMismatchError     software differs between client, scheduler and workers
 
     concurrent.futures.CancelledError  a cancelled future (the standard one, so
@@ -36,6 +37,7 @@ __all__ = [
     "ClusterClosedError",
     "WorkerLostError",
     "KilledWorkerError",
+    "UnsatisfiableError",
     "ActorDiedError",
     "VersionMismatchError",
     "CancelledError",
@@ -83,8 +85,15 @@ class KilledWorkerError(WorkerLostError):
     """
 
 
+class UnsatisfiableError(MpnetError):
+    """No worker of the cluster has the resources or name a task or actor asks for."""
+
+
 class ActorDiedError(MpnetError):
-    """The worker that hosted an actor died and the actor could not answer."""
+    """The actor cannot answer: its worker died (restarts used up), or it was killed.
+
+    The message says whether the call may have run before the worker died.
+    """
 
 
 class VersionMismatchError(MpnetError):

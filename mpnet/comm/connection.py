@@ -209,13 +209,22 @@ class Connection:
                     else self._decoder.feed(data))
         if self._decoder.mid_frame and self._stall_timer is None:
             self._arm_stall_timer()
+        self._deliver(messages)
+
+    def _deliver(self, messages: list) -> None:
         for msg in messages:
             if self.state == "closed":
                 return
             if msg[0] == Msg.REPLY:
                 self._on_reply(msg)
-            else:
+                continue
+            try:
                 self.handler(self, msg)
+            except (ProtocolError, AuthenticationError):
+                raise
+            except Exception:
+                # A bug in one handler must not lose the other messages of the frame.
+                log.exception("error handling message %s from %s", msg[0], self.peer)
 
     def _on_reply(self, msg: list) -> None:
         if len(msg) != 4:
@@ -263,8 +272,7 @@ class Connection:
                 self._opened()
         if self._hsbuf:   # bytes after the handshake belong to the first real frame
             leftover, self._hsbuf = bytes(self._hsbuf), bytearray()
-            for msg in self._decoder.feed(leftover):
-                self.handler(self, msg) if msg[0] != Msg.REPLY else self._on_reply(msg)
+            self._deliver(self._decoder.feed(leftover))
 
     def _opened(self) -> None:
         self.state = "open"

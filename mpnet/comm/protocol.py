@@ -47,7 +47,7 @@ class Msg(enum.IntEnum):
 
     # client → scheduler
     REGISTER_CLIENT = 10     # (req_id, client_id, versions: dict)
-    SUBMIT = 11              # (key, fn, args, deps: [key], priority, retries)
+    SUBMIT = 11              # (key, fn, args, deps, priority, retries, resources, workers)
     RELEASE = 12             # (keys,)
     CANCEL = 13              # (keys, reason)
     SCATTER = 14             # (req_id, [[key, payload]], workers | None)
@@ -58,6 +58,22 @@ class Msg(enum.IntEnum):
     REGISTER_PLUGIN = 19     # (req_id, "scheduler" | "worker" | "nanny", name, payload)
     RESTART = 25             # (req_id, worker addresses | None = all, timeout)
     RETIRE_WORKERS = 26      # (req_id, worker addresses)  also worker → scheduler (lifetime)
+
+    # actors: any caller (client, worker) → scheduler
+    CREATE_ACTOR = 70        # (key, name | None, cls: Payload, args: Payload, options: dict)
+    LOOKUP_ACTOR = 71        # (req_id, key or name) → REPLY once placed: {status, address, …}
+    RELEASE_ACTOR = 72       # (key,)  the caller dropped its last handle
+    KILL_ACTOR = 73          # (req_id, key)
+    LIST_ACTORS = 74         # (req_id,)
+    # scheduler ↔ hosting worker
+    HOST_ACTOR = 75          # (key, name, cls, args, options, restarted: int, checkpoint)
+    DROP_ACTOR = 76          # (key, reason)
+    ACTOR_STARTED = 77       # (key,)
+    ACTOR_FAILED = 78        # (key, exception payload, traceback)
+    ACTOR_CHECKPOINT = 79    # (key, payload)
+    # caller → hosting worker, directly
+    ACTOR_CALL = 80          # (call_id, key, method, args, kwargs, "call" | "getattr")
+    ACTOR_RESULT = 81        # (call_id, ok, value, traceback)
 
     # scheduler → client
     TASK_DONE = 20           # (key, payload | None, worker address, nbytes)

@@ -9,7 +9,6 @@ that died.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from ..comm.protocol import Msg

@@ -23,6 +23,7 @@ Payloads (functions, arguments, results) are opaque objects here: never looked i
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any, Iterable
 
 from ..comm.protocol import Msg
