@@ -4,21 +4,33 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .client.actors import ActorFuture, ActorHandle
 from .client.client import Client
 from .client.futures import Future, as_completed, wait
 from .config import Config
 from .deploy.local import LocalCluster
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
                      CommClosedError, ConnectTimeoutError, KilledWorkerError, MpnetError,
-                     ProtocolError, SerializationError, VersionMismatchError, WorkerLostError)
+                     ProtocolError, SerializationError, UnsatisfiableError,
+                     VersionMismatchError, WorkerLostError)
 from .nanny.nanny import Nanny
 from .plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
 from .scheduler.server import Scheduler
+from .worker.actors import get_actor_context
+from .worker.context import get_client, get_worker
 from .worker.worker import Worker
+
+
+def get_actor(name: str, client: Client | None = None, timeout: float | None = None
+              ) -> ActorHandle:
+    """The handle of the actor called ``name`` (``client`` defaults to the current one)."""
+    return (client or get_client()).get_actor(name, timeout=timeout)
 
 __all__ = [
     "Client", "Future", "LocalCluster", "Scheduler", "Worker", "Nanny", "Config",
     "wait", "as_completed", "SchedulerPlugin", "WorkerPlugin", "NannyPlugin",
+    "ActorHandle", "ActorFuture", "get_actor", "get_actor_context", "get_client",
+    "get_worker", "UnsatisfiableError",
     "MpnetError", "ProtocolError", "AuthenticationError", "CommClosedError",
     "ConnectTimeoutError", "SerializationError", "ClusterClosedError", "WorkerLostError",
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",

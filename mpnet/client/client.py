@@ -15,7 +15,6 @@ small results are unpickled on the loop thread as they arrive.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import functools
 import itertools
 import logging
 import threading
@@ -32,9 +31,12 @@ from ..comm.protocol import Msg, check_handlers
 from ..comm.serialize import (Payload, dumps, dumps_task_args, loads, loads_exception)
 from ..config import Config, make_config
 from ..errors import (ClusterClosedError, CommClosedError, KilledWorkerError, ProtocolError,
-                      VersionMismatchError, WorkerLostError)
+                      UnsatisfiableError, VersionMismatchError, WorkerLostError)
 from ..versions import format_mismatches, get_versions, mismatches
+from ..worker import context
+from .actor_api import ActorMixin
 from .futures import Future, Remote, as_completed, wait
+from .structures import ClientExecutor, bind, flatten, rebuild, unwrap
 
 __all__ = ["Client"]
 
@@ -48,14 +50,15 @@ def _funcname(fn: Any) -> str:
     return name if name != "<lambda>" else "lambda"
 
 
-class Client:
+class Client(ActorMixin):
     """Connect to a cluster: ``Client(address | cluster, *, scheduler_file=, token=,
     timeout=)``. ``timeout`` (seconds) bounds connecting; it defaults to
     ``config.connect_timeout`` (10 s)."""
 
     def __init__(self, address: Any = None, *, scheduler_file: str | None = None,
                  token: str | None = None, timeout: float | None = None,
-                 config: Config | None = None, **config_overrides: Any):
+                 config: Config | None = None, default: bool = True,
+                 **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         loop = None
         file_token = None
@@ -109,6 +112,8 @@ class Client:
             self.close()
             raise
         self._status = "open"
+        if default:
+            context.set_default_client(self)
 
     def __repr__(self) -> str:
         return f"<Client {self.id} scheduler={self.scheduler_address} {self._status}>"
@@ -153,6 +158,7 @@ class Client:
         fut = self._futures.get(key)
         if fut is None:
             return
+        fut.worker = worker
         if payload is None:
             fut._set_value(Remote(worker, nbytes))
             return
@@ -174,7 +180,8 @@ class Client:
     def _task_lost(self, key: str, kind: str, reason: str) -> None:
         fut = self._futures.get(key)
         if fut is not None:
-            cls = KilledWorkerError if kind == "killed" else WorkerLostError
+            cls = {"killed": KilledWorkerError,
+                   "unsatisfiable": UnsatisfiableError}.get(kind, WorkerLostError)
             fut._set_error(cls(reason))
 
     def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
@@ -275,9 +282,8 @@ class Client:
         self._check_open("submit")
         if not callable(fn):
             raise TypeError(f"submit() needs a callable first, not {type(fn).__name__}")
-        if actor or resources or workers:
-            raise NotImplementedError("actors, resources and workers= restrictions come "
-                                      "with the actors issue; they are not available yet")
+        if actor:
+            return self._submit_actor(fn, args, kwargs, resources=resources, workers=workers)
         if key is not None:
             existing = self._futures.get(key)
             if existing is not None:
@@ -288,7 +294,8 @@ class Client:
                                              oob_threshold=self.config.oob_threshold)
         fut = Future(key, self)
         self._futures[key] = fut
-        self._send([Msg.SUBMIT, key, fn_payload, args_payload, deps, priority, retries])
+        self._send([Msg.SUBMIT, key, fn_payload, args_payload, deps, priority, retries,
+                    resources or None, list(workers) if workers else None])
         return fut
 
     def map(self, fn: Callable, /, *iterables: Iterable, key: str | list | None = None,
@@ -311,7 +318,9 @@ class Client:
     # --- results ---------------------------------------------------------------------
     def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
         """Results of futures, in the same structure (a future, list, tuple, dict)."""
-        flat = [f for f in _flatten(futures) if isinstance(f, Future)]
+        if hasattr(futures, "__next__"):        # a generator or iterator of futures
+            futures = list(futures)
+        flat = [f for f in flatten(futures) if isinstance(f, Future)]
         done, not_done = cf.wait(flat, timeout=timeout)
         if not_done:
             raise TimeoutError(f"{len(not_done)} of {len(flat)} futures unfinished after "
@@ -329,7 +338,7 @@ class Client:
                 values[f.key] = f if errors == "skip" else None
             else:
                 values[f.key] = f.result()
-        return _rebuild(futures, values, skip=errors == "skip")
+        return rebuild(futures, values, skip=errors == "skip")
 
     def _fetch(self, futures: list[Future], timeout: float | None) -> list:
         """Fetch large results directly from the workers holding them."""
@@ -398,13 +407,17 @@ class Client:
         return dict(zip(keys, futures)) if isinstance(data, dict) else futures
 
     def cancel(self, futures: Any, reason: str = "cancelled by the client") -> None:
-        keys = [f.key for f in _flatten(futures) if isinstance(f, Future)]
+        if hasattr(futures, "__next__"):
+            futures = list(futures)
+        keys = [f.key for f in flatten(futures) if isinstance(f, Future)]
         if keys:
             self._send([Msg.CANCEL, keys, reason])
 
     def wait(self, futures: Any, timeout: float | None = None,
              return_when: str = "ALL_COMPLETED") -> Any:
-        return wait(_flatten(futures), timeout=timeout, return_when=return_when)
+        if hasattr(futures, "__next__"):
+            futures = list(futures)
+        return wait(flatten(futures), timeout=timeout, return_when=return_when)
 
     def as_completed(self, futures: Iterable[Future] = (), **kw: Any) -> as_completed:
         return as_completed(futures, **kw)
@@ -417,22 +430,22 @@ class Client:
         ``fn`` may take ``mpnet_worker`` (or ``dask_worker``) to get the Worker object.
         """
         self._check_open("run")
-        payload = dumps(_bind(fn, args, kwargs), what="function")
+        payload = dumps(bind(fn, args, kwargs), what="function")
         replies = self._request(Msg.RUN, payload, list(workers) if workers else None,
                                 timeout=timeout)
         out = {}
         for address, ok, value in replies:
             if not ok:
                 raise WorkerLostError(f"worker {address} did not answer run(): {value}")
-            out[address] = _unwrap(value)
+            out[address] = unwrap(value)
         return out
 
     def run_on_scheduler(self, fn: Callable, /, *args: Any, timeout: float | None = None,
                          **kwargs: Any) -> Any:
         """Call ``fn`` in the scheduler's process (it may take ``mpnet_scheduler``)."""
         self._check_open("run_on_scheduler")
-        payload = dumps(_bind(fn, args, kwargs), what="function")
-        return _unwrap(self._request(Msg.RUN_ON_SCHEDULER, payload, timeout=timeout))
+        payload = dumps(bind(fn, args, kwargs), what="function")
+        return unwrap(self._request(Msg.RUN_ON_SCHEDULER, payload, timeout=timeout))
 
     def scheduler_info(self, timeout: float | None = None) -> dict:
         """``{"id", "address", "workers": {address: details}, ...}`` as in dask."""
@@ -531,6 +544,9 @@ class Client:
             self.loop.close()
 
     def _close_on_loop(self) -> None:
+        caller = self.__dict__.get("_caller")
+        if caller is not None:
+            caller.close()
         for f in self._workers.values():
             if f.done() and not f.exception():
                 f.result().close()
@@ -540,77 +556,3 @@ class Client:
             scheduler.on_close = None
             scheduler.flush()
             scheduler.close()
-
-
-class ClientExecutor(cf.Executor):
-    """``concurrent.futures.Executor`` over a client; its futures are mpnet futures."""
-
-    def __init__(self, client: Client, **submit_kwargs: Any):
-        self.client = client
-        self._kwargs = submit_kwargs
-        self._futures: weakref.WeakSet[Future] = weakref.WeakSet()
-        self._shutdown = False
-
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        if self._shutdown:
-            raise RuntimeError("cannot submit after shutdown")
-        fut = self.client.submit(_bind(fn, args, kwargs), **self._kwargs)
-        self._futures.add(fut)
-        return fut
-
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1) -> Iterable:
-        futures = [self.submit(fn, *args) for args in zip(*iterables)]
-
-        def results() -> Iterable:
-            for f in futures:
-                yield f.result(timeout)
-        return results()
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._shutdown = True
-        futures = list(self._futures)
-        if cancel_futures:
-            self.client.cancel([f for f in futures if not f.done()])
-        if wait:
-            cf.wait(futures)
-
-
-def _bind(fn: Callable, args: tuple, kwargs: dict) -> Callable:
-    if not args and not kwargs:
-        return fn
-    bound = functools.partial(fn, *args, **kwargs)
-    # keep the signature check of mpnet_worker / mpnet_scheduler working
-    functools.update_wrapper(bound, fn)
-    return bound
-
-
-def _unwrap(reply: list) -> Any:
-    ok, payload, tb = reply
-    if ok:
-        return loads(payload, what="result")
-    raise loads_exception(payload, tb)
-
-
-def _flatten(obj: Any) -> list:
-    if isinstance(obj, Future):
-        return [obj]
-    if isinstance(obj, dict):
-        return [x for v in obj.values() for x in _flatten(v)]
-    if isinstance(obj, (list, tuple, set, frozenset)) or hasattr(obj, "__next__"):
-        return [x for v in obj for x in _flatten(v)]
-    return [obj]
-
-
-def _rebuild(obj: Any, values: dict, skip: bool) -> Any:
-    if isinstance(obj, Future):
-        return values[obj.key]
-    if isinstance(obj, dict):
-        return {k: _rebuild(v, values, skip) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        out = [_rebuild(v, values, skip) for v in obj]
-        if skip:
-            out = [v for v in out if not isinstance(v, Future)]
-        return type(obj)(out) if isinstance(obj, tuple) else out
-    return obj
-

@@ -23,7 +23,7 @@ from ..errors import CancelledError
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Future", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+__all__ = ["BaseFuture", "Future", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION",
            "ALL_COMPLETED"]
 
 FIRST_COMPLETED = cf.FIRST_COMPLETED
@@ -40,7 +40,30 @@ class Remote:
         self.worker, self.nbytes = worker, nbytes
 
 
-class Future(cf.Future):
+class BaseFuture(cf.Future):
+    """What every mpnet future adds to ``concurrent.futures.Future``: ``await``."""
+
+    def __await__(self):
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if not self.done():
+            waiter = loop.create_future()
+
+            def wake(_: cf.Future) -> None:
+                loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+            self.add_done_callback(wake)
+            await waiter
+        if self._needs_fetch():
+            return await loop.run_in_executor(None, self.result)
+        return self.result()
+
+    def _needs_fetch(self) -> bool:
+        return False
+
+
+class Future(BaseFuture):
     """The result of a task (or scattered data) on the cluster, by its ``key``."""
 
     def __init__(self, key: str, client: "Client"):
@@ -48,6 +71,7 @@ class Future(cf.Future):
         self.key = key
         self.client = client
         self._reason = ""
+        self.worker = ""           # where the result lives, once done
 
     # Futures inside task arguments become dependencies (see comm.serialize).
     def __mpnet_dep__(self) -> str:
@@ -102,22 +126,6 @@ class Future(cf.Future):
         client = getattr(self, "client", None)
         if client is not None:
             client._release(self.key)
-
-    def __await__(self):
-        return self._wait_async().__await__()
-
-    async def _wait_async(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if not self.done():
-            waiter = loop.create_future()
-
-            def wake(_: cf.Future) -> None:
-                loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
-            self.add_done_callback(wake)
-            await waiter
-        if self._needs_fetch():
-            return await loop.run_in_executor(None, self.result)
-        return self.result()
 
     # --- set by the client's loop thread ---------------------------------------------
     def _needs_fetch(self) -> bool:

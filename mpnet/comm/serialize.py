@@ -23,7 +23,8 @@ import cloudpickle
 from ..errors import RemoteTraceback, SerializationError
 
 __all__ = ["Payload", "dumps", "loads", "dumps_task_args", "loads_task_args",
-           "dumps_exception", "loads_exception"]
+           "dumps_exception", "loads_exception", "encode_value", "decode_value",
+           "encode_args", "decode_args"]
 
 PICKLE = 0       # header is a pickle stream, buffers are its out-of-band buffers
 RAW_BYTES = 1    # buffers[0] is the object itself (bytes)
@@ -184,3 +185,40 @@ def loads_exception(payload: Payload, tb: str) -> BaseException:
         exc.__cause__ = RemoteTraceback(tb)
         return exc
     return SerializationError(f"remote error of unexpected kind {type(exc)!r}")
+
+
+# --- actor calls: plain scalars skip pickle entirely ---------------------------------------
+# Most actor calls pass and return a few numbers or strings; msgpack carries those as they
+# are, which saves a pickle and an unpickle on each side of every call.
+
+_PLAIN = (str, float, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    if kind is int:
+        return -(1 << 63) <= value < (1 << 64)
+    return kind in _PLAIN
+
+
+def encode_value(value: Any, *, oob_threshold: int = 64 * 1024) -> Any:
+    """A plain scalar as it is, anything else as a :class:`Payload`."""
+    return value if _plain(value) else dumps(value, oob_threshold=oob_threshold, what="result")
+
+
+def decode_value(value: Any) -> Any:
+    return loads(value, what="result") if isinstance(value, Payload) else value
+
+
+def encode_args(args: tuple, kwargs: dict, *, oob_threshold: int = 64 * 1024) -> tuple:
+    """``(args, kwargs)`` for a message: plain lists when every value is a plain scalar,
+    else one payload holding both (and ``None``)."""
+    if all(map(_plain, args)) and all(map(_plain, kwargs.values())):
+        return list(args), kwargs or None
+    return dumps((args, kwargs), oob_threshold=oob_threshold, what="arguments"), None
+
+
+def decode_args(args: Any, kwargs: Any) -> tuple[tuple, dict]:
+    if isinstance(args, Payload):
+        return loads(args, what="arguments")
+    return tuple(args), kwargs or {}

@@ -110,8 +110,11 @@ class Placement:
             ws.used[name] = ws.used.get(name, 0) + need
 
     def _release_resources(self, ws: WorkerState, resources: dict | None) -> None:
-        for name, need in (resources or {}).items():
+        if not resources:
+            return
+        for name, need in resources.items():
             ws.used[name] = ws.used.get(name, 0) - need
+        self.place_pending_actors()      # they may have waited for exactly these
 
     def _unassign(self, ts: TaskState) -> WorkerState | None:
         """Take ``ts`` off the worker it was sent to; free its resources there."""

@@ -114,7 +114,9 @@ class Recovery:
             self._unassign(ts)
             ts.failed_on.append(ended)
             self._to(ts, "waiting")
-        # ... then recompute what was lost and reschedule what was interrupted.
+        # ... then recompute what was lost, reschedule what was interrupted, and
+        # re-create the actors it hosted.
+        self.actors_lost_with(ws)
         for ts in held:
             if ts.state == "memory" and not ts.who_has:
                 self._data_lost(ts)

@@ -107,6 +107,14 @@ class Scheduler:
             Msg.REGISTER_PLUGIN: self._register_plugin,
             Msg.RESTART: self._restart,
             Msg.RETIRE_WORKERS: self._retire_workers,
+            Msg.CREATE_ACTOR: self._create_actor,
+            Msg.LOOKUP_ACTOR: self._lookup_actor,
+            Msg.RELEASE_ACTOR: self._release_actor,
+            Msg.KILL_ACTOR: self._kill_actor,
+            Msg.LIST_ACTORS: self._list_actors,
+            Msg.ACTOR_STARTED: self._actor_started,
+            Msg.ACTOR_FAILED: self._actor_failed,
+            Msg.ACTOR_CHECKPOINT: self._actor_checkpoint,
         })
         for plugin in plugins:
             self.add_plugin(plugin)
@@ -300,8 +308,38 @@ class Scheduler:
                                   "version_mismatch": table})
 
     def _submit(self, conn: Connection, key: str, fn: Any, args: Any, deps: list,
-                priority: int, retries: int) -> None:
-        self.state.submit(conn.owner_data, key, fn, args, deps, priority, retries)
+                priority: int, retries: int, resources: dict | None = None,
+                workers: list | None = None) -> None:
+        self.state.submit(conn.owner_data, key, fn, args, deps, priority, retries,
+                          resources, workers)
+
+    # --- actors ----------------------------------------------------------------------
+    # Holders and lookups may come from clients or from workers (handles used in tasks);
+    # the state machine answers whichever record the connection belongs to.
+    def _create_actor(self, conn: Connection, key: str, name: str | None, cls: Any,
+                      args: Any, options: dict) -> None:
+        self.state.create_actor(conn.owner_data, key, name, cls, args, options)
+
+    def _lookup_actor(self, conn: Connection, req_id: int, key_or_name: str) -> None:
+        self.state.lookup_actor(conn.owner_data, req_id, key_or_name)
+
+    def _release_actor(self, conn: Connection, key: str) -> None:
+        self.state.release_actor(conn.owner_data, key)
+
+    def _kill_actor(self, conn: Connection, req_id: int, key: str) -> None:
+        conn.reply(req_id, True, self.state.kill_actor(key, "killed by a client"))
+
+    def _list_actors(self, conn: Connection, req_id: int) -> None:
+        conn.reply(req_id, True, self.state.list_actors())
+
+    def _actor_started(self, conn: Connection, key: str) -> None:
+        self.state.actor_started(conn.owner_data, key)
+
+    def _actor_failed(self, conn: Connection, key: str, exc: Any, tb: str) -> None:
+        self.state.actor_failed(conn.owner_data, key, exc, tb)
+
+    def _actor_checkpoint(self, conn: Connection, key: str, payload: Any) -> None:
+        self.state.actor_checkpoint(key, payload)
 
     def _release(self, conn: Connection, keys: list) -> None:
         self.state.release(conn.owner_data, keys)

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 from ..comm.protocol import Msg
 from ..config import Config
+from .actors import Actors
 from .placement import Placement
 from .recovery import Recovery
 from .taskstate import ACTIVE, ClientState, TaskState, WorkerState
@@ -35,7 +36,7 @@ from .taskstate import ACTIVE, ClientState, TaskState, WorkerState
 __all__ = ["SchedulerState", "TaskState", "WorkerState", "ClientState"]
 
 
-class SchedulerState(Placement, Recovery):
+class SchedulerState(Placement, Recovery, Actors):
     def __init__(self, config: Config):
         self.config = config
         self.tasks: dict[str, TaskState] = {}
@@ -43,6 +44,8 @@ class SchedulerState(Placement, Recovery):
         self.clients: dict[str, ClientState] = {}
         self.ready: list = []                    # heap of (priority, TaskState)
         self.restricted: list[TaskState] = []    # ready, waiting for a worker that fits
+        self.actors: dict = {}                   # key → ActorState
+        self.actor_names: dict[str, str] = {}    # name → key
         self.outbox: list[tuple[Any, list]] = []
         self.exits: dict[str, str] = {}          # worker address → "pid 12, exit code 3"
         self.counts = {"submitted": 0, "finished": 0, "erred": 0, "workers_lost": 0}
@@ -78,15 +81,19 @@ class SchedulerState(Placement, Recovery):
         cs = self.clients.pop(client_id, None)
         if cs is not None:
             self.release(cs, [ts.key for ts in cs.wants])
+            self.release_actors_of(cs)
 
     # --- submitting ----------------------------------------------------------------
     def submit(self, cs: ClientState, key: str, fn: Any, args: Any, deps: list,
-               priority: int = 0, retries: int = 0) -> None:
+               priority: int = 0, retries: int = 0, resources: dict | None = None,
+               restrict: list | None = None) -> None:
         ts = self.tasks.get(key)
         if ts is not None:                         # a key someone already computes
             self._want(cs, ts)
             return
         ts = self.tasks[key] = TaskState(key, fn, args, (-priority, next(self._seq)), retries)
+        ts.resources = resources or None
+        ts.restrict = set(restrict) if restrict else None
         self.counts["submitted"] += 1
         self._want(cs, ts)
         for dkey in deps:
@@ -305,6 +312,7 @@ class SchedulerState(Placement, Recovery):
         ws.link = link
         self.workers[address] = ws
         self.exits.pop(address, None)
+        self.place_pending_actors()
         self._fill(ws)
         return ws
 

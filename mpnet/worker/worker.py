@@ -34,6 +34,8 @@ from ..errors import ClusterClosedError, ProtocolError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import get_versions
+from . import context
+from .actors import ActorHost
 from .executor import Executor
 from .store import DataStore
 
@@ -135,7 +137,13 @@ class Worker:
             Msg.PLUGIN: self._plugin,
             Msg.PLUGIN_INSTALL: self._plugin_install,
             Msg.ACQUIRE: self._acquire,
+            Msg.HOST_ACTOR: lambda conn, *a: self.actor_host.host(*a),
+            Msg.DROP_ACTOR: lambda conn, key, reason: self.actor_host.drop(key, reason),
+            Msg.ACTOR_CALL: self.actor_host_call,
         })
+        self.actor_host = ActorHost(self)
+        self._actor_caller: Any = None
+        self._client: Any = None
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> "Worker":
@@ -213,6 +221,8 @@ class Worker:
             for preload in self.preloads:
                 preload.teardown(self)
             call_hook(self.plugins, "teardown", self)
+            if self._client is not None:
+                self._client.close()
         if first and not self._stopped.is_set():
             try:
                 self.loop.run_sync(self._shutdown_on_loop, timeout=timeout)
@@ -223,6 +233,8 @@ class Worker:
         deadline = time.monotonic() + timeout
         stuck = self.executor.close(timeout=max(0.1, deadline - time.monotonic())
                                     if wait_for_tasks else 0.05)
+        self.actor_host.close(max(0.05, deadline - time.monotonic()) if wait_for_tasks
+                              else 0.05)
         if stuck:
             log.warning("worker %s: tasks still running in %s at close", self.address, stuck)
         for t in list(self._run_threads):
@@ -243,6 +255,8 @@ class Worker:
             if fut.done() and not fut.exception():
                 fut.result().close()
         self._peers.clear()
+        if self._actor_caller is not None:
+            self._actor_caller.close()
         if self.scheduler is not None:
             self.scheduler.on_close = None
             self.scheduler.flush()
@@ -438,6 +452,7 @@ class Worker:
         """Executor thread: unpickle, run, pickle; hand the outcome to the loop."""
         if self.tasks.get(task.key) is not task or self._stopped.is_set():
             return
+        context.set_thread_worker(self)
         try:
             func = self._function(task.fn)
             args, kwargs = loads_task_args(task.args, {d: self.store.value(d) for d in task.deps})
@@ -559,6 +574,30 @@ class Worker:
         t = threading.Thread(target=call, name="mpnet-worker-run", daemon=True)
         self._run_threads.add(t)
         t.start()
+
+    # --- actors ----------------------------------------------------------------------
+    def actor_host_call(self, conn: Connection, call_id: int, key: str, method: str,
+                        args: Any, kwargs: Any, kind: str) -> None:
+        self.actor_host.call(conn, call_id, key, method, args, kwargs, kind)
+
+    def actor_caller(self) -> Any:
+        """The caller that tasks and actors here use for actor handles (made on use)."""
+        if self._actor_caller is None:
+            from ..client.actors import ActorCaller
+            self._actor_caller = ActorCaller(
+                self.loop, self.config, self.token,
+                request=lambda *msg: self.scheduler.request(*msg),
+                info={"address": self.address})
+        return self._actor_caller
+
+    def get_client(self) -> Any:
+        """A Client on this worker's cluster, for tasks that submit work or make actors."""
+        with self._lock:
+            if self._client is None or self._client.status == "closed":
+                from ..client.client import Client
+                self._client = Client(self.scheduler_address, token=self.token,
+                                      config=self.config, default=False)
+            return self._client
 
     # --- plugins -------------------------------------------------------------------
     def _setup_plugin(self, plugin: Any) -> None:

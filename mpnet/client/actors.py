@@ -1,0 +1,285 @@
+"""Calling actors: handles, their futures, and the per-process caller behind them.
+
+::
+
+    handle.incr(5) ── any thread ──► ActorCaller.call ──► loop thread:
+        address known?  yes ─► ACTOR_CALL on a direct connection to the hosting worker
+                        no  ─► LOOKUP_ACTOR to the scheduler (answered once the actor is
+                               up), then send every call queued for it, in order
+    ACTOR_RESULT ─► the call's ActorFuture (result, or the remote exception)
+
+One ActorCaller serves a process side: a Client, or a Worker whose tasks and actors use
+handles. When the hosting worker dies, calls in flight fail with ``ActorDiedError``
+(saying they may have run) unless ``max_task_retries`` lets them be sent again; later
+calls wait for the scheduler to re-create the actor and go to the new instance.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+import logging
+from typing import Any, Callable
+
+from ..comm.connection import Connection, connect
+from ..comm.protocol import Msg
+from ..comm.serialize import decode_value, encode_args, loads_exception
+from ..errors import ActorDiedError
+from .futures import BaseFuture
+
+__all__ = ["ActorHandle", "ActorFuture", "ActorCaller", "actor_methods"]
+
+log = logging.getLogger("mpnet.actors")
+
+
+class ActorFuture(BaseFuture):
+    """The result of one actor call: a ``concurrent.futures.Future``, awaitable."""
+
+    def __init__(self, key: str, method: str):
+        super().__init__()
+        self.key, self.method = key, method
+
+    def __repr__(self) -> str:
+        return f"<mpnet.ActorFuture {self.key}.{self.method} {self._state.lower()}>"
+
+
+def actor_methods(cls: type) -> tuple[frozenset, bool]:
+    """Public callables of ``cls`` and whether any is ``async``."""
+    import inspect
+    names = frozenset(n for n in dir(cls) if not n.startswith("_") and
+                      callable(getattr(cls, n, None)))
+    is_async = any(inspect.iscoroutinefunction(getattr(cls, n)) for n in names)
+    return names, is_async
+
+
+class _Call:
+    __slots__ = ("future", "key", "method", "args", "kwargs", "kind", "retries")
+
+    def __init__(self, future: ActorFuture, key: str, method: str, args: Any, kwargs: Any,
+                 kind: str, retries: int):
+        self.future, self.key, self.method = future, key, method
+        self.args, self.kwargs, self.kind, self.retries = args, kwargs, kind, retries
+
+
+class ActorCaller:
+    """Connections to hosting workers and the calls in flight (state: loop thread)."""
+
+    def __init__(self, loop: Any, config: Any, token: str | None,
+                 request: Callable[..., cf.Future], info: dict):
+        self.loop, self.config, self.token = loop, config, token
+        self._request = request            # loop thread: scheduler request → future
+        self._info = info
+        self._where: dict[str, str] = {}   # actor key → hosting worker address
+        self._queued: dict[str, collections.deque] = {}    # waiting for an address
+        self._conns: dict[str, cf.Future] = {}
+        self._inflight: dict[int, tuple[_Call, str]] = {}  # call id → (call, address)
+        self._ids = itertools.count(1)
+
+    # any thread -------------------------------------------------------------------------
+    def call(self, key: str, method: str, args: tuple, kwargs: dict, *, kind: str = "call",
+             retries: int = 0) -> ActorFuture:
+        fut = ActorFuture(key, method)
+        a, k = encode_args(args, kwargs, oob_threshold=self.config.oob_threshold)
+        call = _Call(fut, key, method, a, k, kind, retries)
+        if self.loop.in_loop_thread():
+            self._dispatch(call)
+        else:
+            self.loop.call_soon_threadsafe(self._dispatch, call)
+        return fut
+
+    # loop thread ----------------------------------------------------------------------
+    def _dispatch(self, call: _Call) -> None:
+        queued = self._queued.get(call.key)
+        if queued is not None:            # keep order behind calls waiting for a lookup
+            queued.append(call)
+            return
+        address = self._where.get(call.key)
+        if address is None:
+            self._queued[call.key] = collections.deque([call])
+            self._lookup(call.key)
+            return
+        self._send(address, call)
+
+    def _lookup(self, key: str) -> None:
+        def answered(fut: cf.Future) -> None:
+            queued = self._queued.pop(key, collections.deque())
+            if fut.exception() is not None:
+                self._fail_all(queued, ActorDiedError(
+                    f"could not find actor {key}: {fut.exception()}"))
+                return
+            info = fut.result()
+            if info["status"] != "alive":
+                self._fail_all(queued, dead_error(key, info))
+                return
+            self._where[key] = info["address"]
+            for call in queued:
+                self._send(info["address"], call)
+        self._request(Msg.LOOKUP_ACTOR, key).add_done_callback(answered)
+
+    def _send(self, address: str, call: _Call) -> None:
+        conn_fut = self._conns.get(address)
+        if conn_fut is None or (conn_fut.done() and (conn_fut.exception() is not None or
+                                                     conn_fut.result().closed)):
+            conn_fut = self._conns[address] = connect(
+                self.loop, address, config=self.config, token=self.token, role="caller",
+                info=self._info, handler=self._on_message, timeout=5.0,
+                on_close=lambda c, exc, a=address: self._worker_gone(a))
+        call_id = next(self._ids)
+        self._inflight[call_id] = (call, address)
+        if conn_fut.done():
+            self._write(conn_fut, call_id, call)
+        else:
+            conn_fut.add_done_callback(lambda f: self._write(f, call_id, call))
+
+    def _write(self, conn_fut: cf.Future, call_id: int, call: _Call) -> None:
+        if conn_fut.exception() is not None:
+            self._inflight.pop(call_id, None)
+            self._retry_or_fail(call, self._where.get(call.key, "?"), sent=False)
+            return
+        conn_fut.result().send([Msg.ACTOR_CALL, call_id, call.key, call.method, call.args,
+                                call.kwargs, call.kind])
+
+    def _on_message(self, conn: Connection, msg: list) -> None:
+        if msg[0] != Msg.ACTOR_RESULT:
+            log.warning("unexpected message %s from %s", msg[0], conn.peer)
+            return
+        _, call_id, ok, value, tb = msg
+        entry = self._inflight.pop(call_id, None)
+        if entry is None:
+            return
+        call = entry[0]
+        if ok:
+            try:
+                call.future.set_result(decode_value(value))
+            except Exception as e:   # the result cannot be unpickled here
+                call.future.set_exception(e)
+        elif value is None:                  # the actor is not there (moved, killed)
+            self._where.pop(call.key, None)
+            self._retry_or_fail(call, entry[1], sent=False)
+        else:
+            call.future.set_exception(loads_exception(value, tb))
+
+    def _worker_gone(self, address: str) -> None:
+        """The connection to a hosting worker closed: it probably died."""
+        for key in [k for k, a in self._where.items() if a == address]:
+            del self._where[key]
+        lost = [(cid, c) for cid, (c, a) in self._inflight.items() if a == address]
+        for call_id, call in sorted(lost, key=lambda item: item[0]):
+            del self._inflight[call_id]
+            self._retry_or_fail(call, address, sent=True)
+
+    def _retry_or_fail(self, call: _Call, address: str, *, sent: bool) -> None:
+        if not sent or call.retries > 0:
+            if sent:
+                call.retries -= 1
+            self._dispatch(call)          # waits for the actor to be placed again
+            return
+        call.future.set_exception(ActorDiedError(
+            f"the worker {address} hosting actor {call.key} died while {call.method}() "
+            "was in flight: the call may or may not have run. Set max_task_retries to "
+            "send such calls again; later calls go to the restarted actor, if any."))
+
+    @staticmethod
+    def _fail_all(calls: Any, exc: BaseException) -> None:
+        for call in calls:
+            if not call.future.done():
+                call.future.set_exception(exc)
+
+    def close(self) -> None:
+        """Loop thread: drop worker connections; calls in flight fail."""
+        for fut in self._conns.values():
+            if fut.done() and fut.exception() is None:
+                conn = fut.result()
+                conn.on_close = None
+                conn.close()
+        self._conns.clear()
+        for call, _ in self._inflight.values():
+            if not call.future.done():
+                call.future.set_exception(ActorDiedError("the caller was closed"))
+        self._inflight.clear()
+        for queued in self._queued.values():
+            self._fail_all(queued, ActorDiedError("the caller was closed"))
+        self._queued.clear()
+
+
+def _resolve_futures(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Futures among the arguments (inside lists, tuples, dicts too) become their values
+    first: the call is sent once they are done (this blocks the caller until then)."""
+    from .futures import Future
+    from .structures import flatten, rebuild
+    futures = [f for f in flatten([args, kwargs]) if isinstance(f, Future)]
+    if not futures:
+        return args, kwargs
+    values = {f.key: f.result() for f in futures}
+    return tuple(rebuild(list(args), values, False)), rebuild(kwargs, values, False)
+
+
+def dead_error(key: str, info: dict) -> BaseException:
+    """The error for calls to a dead actor: its constructor's own, or ActorDiedError."""
+    if info.get("error"):
+        payload, tb = info["error"]
+        return loads_exception(payload, tb)
+    return ActorDiedError(info.get("reason") or f"actor {key} is dead")
+
+
+class ActorHandle:
+    """A reference to an actor: ``handle.method(*args)`` returns an :class:`ActorFuture`.
+
+    Reading a plain attribute (``handle.n``) returns its value (blocking). Handles can be
+    passed to tasks and to other actors and used there. ``kill()`` stops the actor.
+    """
+
+    def __init__(self, key: str, name: str | None, cls_name: str, methods: frozenset,
+                 max_task_retries: int = 0, caller: Any = None, owner: Any = None):
+        self._key, self._name, self._cls_name = key, name, cls_name
+        self._methods, self._retries = methods, max_task_retries
+        self._caller = caller          # resolved lazily in other processes
+        self._owner = owner            # the Client whose reference this handle counts
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    def __repr__(self) -> str:
+        label = f" {self._name!r}" if self._name else ""
+        return f"<ActorHandle {self._cls_name}{label} {self._key}>"
+
+    def _get_caller(self) -> "ActorCaller":
+        if self._caller is None:
+            from ..worker.context import current_caller
+            self._caller = current_caller()
+        return self._caller
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._methods:
+            def method(*args: Any, **kwargs: Any) -> ActorFuture:
+                args, kwargs = _resolve_futures(args, kwargs)
+                return self._get_caller().call(self._key, name, args, kwargs,
+                                               retries=self._retries)
+            method.__name__ = name
+            return method
+        return self._get_caller().call(self._key, name, (), {}, kind="getattr").result()
+
+    def kill(self) -> None:
+        """Stop the actor now (its resources are freed; later calls fail)."""
+        if self._owner is None:
+            from ..worker.context import current_client
+            current_client().kill_actor(self)
+        else:
+            self._owner.kill_actor(self)
+
+    def __reduce__(self) -> Any:
+        return (ActorHandle, (self._key, self._name, self._cls_name, self._methods,
+                              self._retries))
+
+    def __del__(self) -> None:
+        owner = self._owner
+        if owner is not None:
+            owner._release_actor_handle(self._key)

@@ -1,0 +1,204 @@
+"""Actors at the scheduler: where each lives, who holds it, what happens when it dies.
+
+Mixed into :class:`~.state.SchedulerState`; no I/O. The scheduler never sees an actor's
+calls (callers talk to the hosting worker directly); it places actors, answers
+``LOOKUP_ACTOR`` with their address once they are up, re-creates them when their
+worker dies (while ``max_restarts`` allows), and kills them when no handle is left
+(unless ``lifetime="detached"``).
+
+::
+
+    pending ──HOST_ACTOR──► starting ──ACTOR_STARTED──► alive ──worker lost──► restarting
+       ▲ (no worker fits yet)          │ ACTOR_FAILED                        │ (restarts left)
+       └───────────────────────────────┴──────────► dead ◄── kill / no handle / none left
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..comm.protocol import Msg
+from .taskstate import ClientState, WorkerState
+
+__all__ = ["ActorState", "Actors"]
+
+
+class ActorState:
+    __slots__ = ("key", "name", "cls", "args", "options", "status", "worker", "restarts",
+                 "holders", "waiters", "checkpoint", "reason", "error")
+
+    def __init__(self, key: str, name: str | None, cls: Any, args: Any, options: dict):
+        self.key, self.name, self.cls, self.args = key, name, cls, args
+        self.options = options            # max_restarts, resources, workers, lifetime, ...
+        self.status = "pending"
+        self.worker: WorkerState | None = None
+        self.restarts = 0
+        self.holders: set[Any] = set()    # clients holding a handle
+        self.waiters: list[tuple[Any, int]] = []    # (destination, req_id) of lookups
+        self.checkpoint: Any = None       # the last state the actor saved
+        self.reason = ""                  # why it is dead
+        self.error: Any = None            # [exception payload, traceback] if __init__ raised
+
+    def describe(self) -> dict:
+        return {"key": self.key, "name": self.name, "status": self.status,
+                "address": self.worker.address if self.worker else None,
+                "restarts": self.restarts, "reason": self.reason,
+                "detached": self.options.get("lifetime") == "detached",
+                "methods": self.options.get("methods", []),
+                "cls_name": self.options.get("cls_name"), "error": self.error}
+
+
+class Actors:
+    if TYPE_CHECKING:
+        workers: dict
+        actors: dict
+        actor_names: dict
+
+    # --- creating and placing --------------------------------------------------------
+    def create_actor(self, holder: Any, key: str, name: str | None, cls: Any, args: Any,
+                     options: dict) -> None:
+        if key in self.actors:
+            self.actors[key].holders.add(holder)
+            return
+        if cls is None:          # a holder for an actor that is gone: nothing to hold
+            return
+        actor = self.actors[key] = ActorState(key, name, cls, args, options)
+        actor.holders.add(holder)
+        if name is not None:
+            other = self.actors.get(self.actor_names.get(name, ""))
+            if other is not None and other.status != "dead":
+                self._actor_dead(actor, f"an actor named {name!r} already exists "
+                                        f"({other.key}); use get_actor({name!r})")
+                return
+            self.actor_names[name] = key
+        self._place_actor(actor)
+
+    def _place_actor(self, actor: ActorState) -> None:
+        resources = actor.options.get("resources")
+        restrict = set(actor.options.get("workers") or ()) or None
+        fits = [ws for ws in self.workers.values()
+                if not ws.retiring and self._fits(ws, resources, restrict)]
+        if not fits:
+            why = self.unsatisfiable(resources, restrict)
+            if why:
+                self._actor_dead(actor, f"actor {actor.key} cannot be placed: {why}")
+            else:
+                actor.status = "pending"       # a worker that fits may join or free up
+            return
+        ws = min(fits, key=lambda w: (len(w.actors), len(w.processing) / w.nthreads))
+        self._acquire(ws, resources)
+        ws.actors.add(actor.key)
+        actor.worker, actor.status = ws, "starting"
+        self._send(ws, [Msg.HOST_ACTOR, actor.key, actor.name, actor.cls, actor.args,
+                        {"max_concurrency": actor.options.get("max_concurrency", 1)},
+                        actor.restarts, actor.checkpoint])
+
+    def place_pending_actors(self) -> None:
+        """A worker joined or freed resources: place the actors still waiting."""
+        for actor in list(self.actors.values()):
+            if actor.status == "pending":
+                self._place_actor(actor)
+
+    def actor_started(self, ws: WorkerState, key: str) -> None:
+        actor = self.actors.get(key)
+        if actor is None or actor.worker is not ws:
+            self._send(ws, [Msg.DROP_ACTOR, key, "no longer wanted"])
+            return
+        actor.status = "alive"
+        self._answer_waiters(actor)
+
+    def actor_failed(self, ws: WorkerState, key: str, exception: Any, tb: str) -> None:
+        """Its constructor raised: the actor is dead, with that error for every caller."""
+        actor = self.actors.get(key)
+        if actor is None or actor.worker is not ws:
+            return
+        actor.error = [exception, tb]
+        self._unhost(actor)
+        self._actor_dead(actor, f"actor {key}'s constructor raised")
+
+    def actor_checkpoint(self, key: str, payload: Any) -> None:
+        actor = self.actors.get(key)
+        if actor is not None:
+            actor.checkpoint = payload
+
+    # --- finding -----------------------------------------------------------------------
+    def lookup_actor(self, dest: Any, req_id: int, key_or_name: str) -> None:
+        """Answer once the actor is up (or dead); callers wait through restarts."""
+        key = key_or_name if key_or_name in self.actors else self.actor_names.get(key_or_name)
+        actor = self.actors.get(key) if key else None
+        if actor is None:
+            self._send(dest, [Msg.REPLY, req_id, True, {
+                "key": None, "status": "dead", "address": None, "error": None,
+                "reason": f"no actor is named or keyed {key_or_name!r}"}])
+        elif actor.status in ("alive", "dead"):
+            self._send(dest, [Msg.REPLY, req_id, True, actor.describe()])
+        else:
+            actor.waiters.append((dest, req_id))
+
+    def _answer_waiters(self, actor: ActorState) -> None:
+        waiters, actor.waiters = actor.waiters, []
+        for dest, req_id in waiters:
+            self._send(dest, [Msg.REPLY, req_id, True, actor.describe()])
+
+    # --- ending ------------------------------------------------------------------------
+    def _unhost(self, actor: ActorState) -> None:
+        ws = actor.worker
+        if ws is not None:
+            ws.actors.discard(actor.key)
+            self._release_resources(ws, actor.options.get("resources"))
+            actor.worker = None
+
+    def _actor_dead(self, actor: ActorState, reason: str) -> None:
+        actor.status, actor.reason = "dead", reason
+        self._answer_waiters(actor)
+
+    def kill_actor(self, key: str, reason: str = "killed") -> bool:
+        actor = self.actors.get(key)
+        if actor is None or actor.status == "dead":
+            return False
+        ws = actor.worker
+        self._unhost(actor)
+        if ws is not None:
+            self._send(ws, [Msg.DROP_ACTOR, key, reason])
+            self._fill(ws)
+        self._actor_dead(actor, f"actor {key} was {reason}")
+        self.place_pending_actors()
+        return True
+
+    def release_actor(self, holder: Any, key: str) -> None:
+        actor = self.actors.get(key)
+        if actor is None:
+            return
+        actor.holders.discard(holder)
+        if not actor.holders and actor.options.get("lifetime") != "detached":
+            self.kill_actor(key, "released: no handle to it was left")
+
+    def release_actors_of(self, holder: ClientState) -> None:
+        for key in [a.key for a in self.actors.values() if holder in a.holders]:
+            self.release_actor(holder, key)
+
+    def actors_lost_with(self, ws: WorkerState) -> None:
+        """``ws`` is gone: re-create its actors elsewhere while restarts remain."""
+        for key in list(ws.actors):
+            actor = self.actors[key]
+            self._unhost(actor)
+            limit = actor.options.get("max_restarts", 0)
+            if actor.restarts < limit:
+                actor.restarts += 1
+                actor.status = "restarting"
+                self._place_actor(actor)
+            else:
+                self._actor_dead(actor, f"the worker hosting actor {key} died "
+                                        f"({ws.exit or 'connection lost'}) and its "
+                                        f"max_restarts ({limit}) are used up")
+
+    def list_actors(self) -> list[dict]:
+        return [a.describe() for a in self.actors.values() if a.status != "dead"]
+
+    def forget_dead_actor(self, key: str) -> None:
+        """Drop the record of a dead actor nobody holds any more."""
+        actor = self.actors.get(key)
+        if actor is not None and actor.status == "dead" and not actor.holders:
+            del self.actors[key]
+            if actor.name is not None and self.actor_names.get(actor.name) == key:
+                del self.actor_names[actor.name]

@@ -1,0 +1,282 @@
+"""Hosting actors in a worker: one mailbox per actor, calls answered directly.
+
+::
+
+    caller ──ACTOR_CALL──► worker loop ──► mailbox (queue) ──► actor thread(s)
+    caller ◄─ACTOR_RESULT── worker loop ◄── call_soon_threadsafe ◄──┘
+
+- ``max_concurrency=1`` (default): one thread, ``mpnet-actor-<name>``, runs the calls in
+  the order they arrived, so one caller's calls run in the order it made them.
+- ``max_concurrency=N``: N threads share the mailbox.
+- A class with ``async def`` methods gets an asyncio loop in its own thread; every call
+  runs there (coroutines concurrently, up to ``max_concurrency`` at once).
+
+The constructor runs in the actor's thread too, with :func:`get_actor_context` telling
+it whether this is a restart and handing it the last checkpoint it saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..comm.protocol import Msg
+from ..comm.serialize import Payload, decode_args, dumps, dumps_exception, encode_value, loads
+from ..errors import ActorDiedError
+from .context import set_thread_worker
+
+if TYPE_CHECKING:
+    from ..comm.connection import Connection
+    from .worker import Worker
+
+__all__ = ["ActorHost", "ActorContext", "get_actor_context"]
+
+log = logging.getLogger("mpnet.actors")
+
+_local = threading.local()
+_STOP = object()
+
+
+class ActorContext:
+    """What an actor can learn about itself: ``mpnet.get_actor_context()``.
+
+    ``restarted`` counts how many times it was re-created after its worker died;
+    ``checkpoint(state)`` saves a state (at the scheduler) that a re-created instance
+    receives in ``__mpnet_restore__(state)``, after its ``__init__``.
+    """
+
+    def __init__(self, host: "ActorHost", key: str, name: str | None, restarted: int):
+        self._host, self.key, self.name, self.restarted = host, key, name, restarted
+
+    @property
+    def worker(self) -> "Worker":
+        return self._host.worker
+
+    def checkpoint(self, state: Any) -> None:
+        payload = dumps(state, what="actor checkpoint")
+        self._host.worker.loop.call_soon_threadsafe(
+            self._host.send_scheduler, [Msg.ACTOR_CHECKPOINT, self.key, payload])
+
+
+def get_actor_context() -> ActorContext:
+    """The context of the actor whose code is running (in ``__init__`` or a method)."""
+    ctx = getattr(_local, "actor", None)
+    if ctx is None:
+        raise RuntimeError("get_actor_context() works only inside an actor's methods")
+    return ctx
+
+
+class _Hosted:
+    """One actor instance, its mailbox and its threads (or its asyncio loop)."""
+
+    def __init__(self, host: "ActorHost", key: str, name: str | None, cls: type, args: tuple,
+                 kwargs: dict, max_concurrency: int, restarted: int, checkpoint: Any):
+        self.host, self.key = host, key
+        self.context = ActorContext(host, key, name, restarted)
+        self.mailbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.instance: Any = None
+        self.is_async = any(inspect.iscoroutinefunction(getattr(cls, n, None))
+                            for n in dir(cls) if not n.startswith("__"))
+        self.aloop: asyncio.AbstractEventLoop | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        label = name or key
+        nthreads = 1 if self.is_async else max(1, max_concurrency)
+        self.threads = [threading.Thread(target=self._run, name=f"mpnet-actor-{label}-{i}",
+                                         daemon=True) for i in range(nthreads)]
+        self._max_concurrency = max(1, max_concurrency)
+        self._construct = (cls, args, kwargs, checkpoint)
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def _build(self) -> None:
+        cls, args, kwargs, checkpoint = self._construct
+        self._construct = None
+        _local.actor = self.context
+        try:
+            self.instance = cls(*args, **kwargs)
+            if checkpoint is not None and hasattr(self.instance, "__mpnet_restore__"):
+                self.instance.__mpnet_restore__(loads(checkpoint, what="actor checkpoint"))
+        except BaseException as e:   # reported to the scheduler: the actor is dead
+            exc, tb = dumps_exception(e)
+            self.host.started(self.key, exc, tb)
+            return
+        self.host.started(self.key, None, "")
+
+    def _run(self) -> None:
+        _local.actor = self.context
+        set_thread_worker(self.host.worker)   # handles used by the actor call from here
+        if self.threads[0] is threading.current_thread():
+            if self.is_async:
+                self._run_async()
+                return
+            self._build()
+        while True:
+            item = self.mailbox.get()
+            if item is _STOP:
+                self.mailbox.put(_STOP)     # let the other threads see it too
+                return
+            self._call(*item)
+
+    def _call(self, reply: Callable, method: str, args: Any, kwargs: Any, kind: str) -> None:
+        try:
+            if self.instance is None:
+                raise ActorDiedError(f"actor {self.key} failed to start")
+            if kind == "getattr":
+                value = getattr(self.instance, method)
+            else:
+                a, k = decode_args(args, kwargs)
+                value = getattr(self.instance, method)(*a, **k)
+            reply(True, encode_value(value), "")
+        except BaseException as e:   # the method's error goes back to its caller
+            exc, tb = dumps_exception(e)
+            reply(False, exc, tb)
+
+    # --- async actors ----------------------------------------------------------------
+    def _run_async(self) -> None:
+        self.aloop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.aloop)
+        # As in Ray, an async actor overlaps its calls: up to 1000 unless told otherwise.
+        limit = 1000 if self._max_concurrency == 1 else self._max_concurrency
+        self._semaphore = asyncio.Semaphore(limit)
+        self._build()
+        try:
+            self.aloop.run_until_complete(self._serve())
+        finally:
+            self.aloop.close()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: set = set()
+        while True:
+            item = await self._next()
+            if item is _STOP:
+                break
+            task = loop.create_task(self._call_async(*item))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        for task in tasks:
+            task.cancel()
+
+    async def _next(self) -> Any:
+        while True:
+            try:
+                return self.mailbox.get_nowait()
+            except queue.Empty:
+                self._wake = asyncio.get_running_loop().create_future()
+                try:
+                    return self.mailbox.get_nowait()
+                except queue.Empty:
+                    await self._wake
+
+    def notify(self) -> None:
+        """Another thread put something in the mailbox of an async actor."""
+        if self.aloop is not None:
+            def wake() -> None:
+                fut = getattr(self, "_wake", None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            try:
+                self.aloop.call_soon_threadsafe(wake)
+            except RuntimeError:   # loop closed: the actor is stopping
+                pass
+
+    async def _call_async(self, reply: Callable, method: str, args: Any, kwargs: Any,
+                          kind: str) -> None:
+        async with self._semaphore:
+            try:
+                if self.instance is None:
+                    raise ActorDiedError(f"actor {self.key} failed to start")
+                if kind == "getattr":
+                    value = getattr(self.instance, method)
+                else:
+                    a, k = decode_args(args, kwargs)
+                    value = getattr(self.instance, method)(*a, **k)
+                    if inspect.isawaitable(value):
+                        value = await value
+                reply(True, encode_value(value), "")
+            except BaseException as e:   # the method's error goes back to its caller
+                exc, tb = dumps_exception(e)
+                reply(False, exc, tb)
+
+    def stop(self) -> None:
+        self.mailbox.put(_STOP)
+        self.notify()
+
+
+class ActorHost:
+    """The actors living in one worker. Loop-thread methods unless noted."""
+
+    def __init__(self, worker: "Worker"):
+        self.worker = worker
+        self.actors: dict[str, _Hosted] = {}
+        self._dropped: list[_Hosted] = []      # stopped, their threads joined at close
+
+    def send_scheduler(self, msg: list) -> None:
+        if self.worker.scheduler is not None:
+            self.worker.scheduler.send(msg)
+
+    def host(self, key: str, name: str | None, cls: Payload, args: Payload, options: dict,
+             restarted: int, checkpoint: Any) -> None:
+        if key in self.actors:
+            return
+        try:
+            klass = loads(cls, what="actor class")
+            a, k = decode_args(args, None)
+        except Exception as e:   # e.g. the class cannot be imported here
+            exc, tb = dumps_exception(e)
+            self.send_scheduler([Msg.ACTOR_FAILED, key, exc, tb])
+            return
+        hosted = self.actors[key] = _Hosted(self, key, name, klass, a, k,
+                                            options.get("max_concurrency", 1), restarted,
+                                            checkpoint)
+        hosted.start()
+
+    def started(self, key: str, exc: Any, tb: str) -> None:
+        """Actor thread: its constructor finished (or raised)."""
+        def report() -> None:
+            if exc is None:
+                self.send_scheduler([Msg.ACTOR_STARTED, key])
+            else:
+                hosted = self.actors.pop(key, None)
+                if hosted is not None:
+                    hosted.stop()
+                self.send_scheduler([Msg.ACTOR_FAILED, key, exc, tb])
+        self.worker.loop.call_soon_threadsafe(report)
+
+    def call(self, conn: "Connection", call_id: int, key: str, method: str, args: Any,
+             kwargs: Any, kind: str) -> None:
+        hosted = self.actors.get(key)
+        if hosted is None:
+            conn.send([Msg.ACTOR_RESULT, call_id, False, None,
+                       f"actor {key} does not live on {self.worker.address} (any more)"])
+            return
+        loop = self.worker.loop
+
+        def reply(ok: bool, value: Any, tb: str) -> None:
+            loop.call_soon_threadsafe(conn.send, [Msg.ACTOR_RESULT, call_id, ok, value, tb])
+        hosted.mailbox.put((reply, method, args, kwargs, kind))
+        if hosted.is_async:
+            hosted.notify()
+
+    def drop(self, key: str, reason: str) -> None:
+        hosted = self.actors.pop(key, None)
+        if hosted is not None:
+            log.info("actor %s dropped: %s", key, reason)
+            hosted.stop()
+            self._dropped.append(hosted)
+
+    def close(self, timeout: float) -> None:
+        """Stop every actor; wait up to ``timeout`` seconds for their threads."""
+        hosted = list(self.actors.values()) + self._dropped
+        self.actors.clear()
+        for h in hosted:
+            h.stop()
+        for h in hosted:
+            for t in h.threads:
+                t.join(timeout)
