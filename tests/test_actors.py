@@ -328,3 +328,15 @@ def test_checkpoint_is_restored_after_a_restart():
                        a["status"] == "alive" for a in client.list_actors())
         wait_for(restarted, timeout=30, what="the actor to be re-created")
         assert tuple(saver.status().result(timeout=30)) == (3, True, 1)
+
+
+def test_one_worker_per_gpu_gets_its_own_device():
+    with LocalCluster(n_workers=2, gpus=[3, 5]) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        assert sorted(seen.values()) == ["3", "5"]
+        offered = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+        assert offered == [{"GPU": 1}, {"GPU": 1}]
+        on_gpu = client.actor(Counter, resources={"GPU": 1})
+        assert on_gpu.incr().result(timeout=10) == 1
+        assert client.submit(os.getenv, "CUDA_VISIBLE_DEVICES",
+                             resources={"GPU": 1}).result(timeout=10) in ("3", "5")

@@ -2,14 +2,14 @@
 
 ::
 
-    click parses argv ──► command callback ──► service objects (Scheduler, Nanny, Worker)
-         │ bad input: one "Error: …" line, exit 2            │ start() failed: one line, exit 1
-         │                                                   │ (a preload's failure: its traceback)
-    SIGINT/SIGTERM ──► handler records it, writes a byte ──► main thread wakes in Shutdown.wait()
-                                                             and closes the services (exit 0)
-    second SIGINT/SIGTERM ──► os._exit at once
+    argv ─ click ─► command ─► service objects (Scheduler, Nanny, Worker) ─► start()
+            │ bad input: "Error: …" (exit 2)    │ failed start: "Error: …" (exit 1),
+            │                                   │ after the traceback of a failing preload
+    SIGINT/SIGTERM ─► handler records it, writes a byte ─► Shutdown.wait() returns on the
+                      main thread, which closes the services (exit 0)
+    a second SIGINT/SIGTERM ─► os._exit at once
 
-The commands are thin: everything they do is a keyword argument of a service object.
+The commands stay thin: each option is a keyword argument of a service object.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ..preload import PreloadError
 
 __all__ = ["Command", "Group", "version_option", "setup_logging", "Duration", "PortRange",
            "interface_address", "read_token_file", "service_errors", "check_preload_argv",
+           "check_preloads_take_argv",
            "pid_file", "Shutdown", "FIREWALL_HELP"]
 
 log = logging.getLogger("mpnet.cli")
@@ -115,22 +116,18 @@ def service_errors() -> Iterator[None]:
         raise click.ClickException(text.replace("\n", " ")) from None
 
 
-def check_preload_argv(preload_argv: tuple[str, ...], preloads: list) -> None:
-    """Arguments click did not know are for a preload; without one, they are mistakes.
-
-    ``preloads`` are the loaded :class:`~mpnet.preload.Preload` objects, or names when
-    the modules load in another process (a nanny's worker).
-    """
-    if not preload_argv:
-        return
-    what = "option" if preload_argv[0].startswith("-") else "argument"
-    if not preloads:
+def check_preload_argv(preload_argv: tuple[str, ...], names: list[str]) -> None:
+    """Arguments click did not know are for a preload; without one they are mistakes."""
+    if preload_argv and not names:
+        what = "option" if preload_argv[0].startswith("-") else "argument"
         raise click.UsageError(f"no such {what}: {preload_argv[0]}")
-    loaded = [p for p in preloads if not isinstance(p, str)]
-    if loaded and len(loaded) == len(preloads) and not any(
-            isinstance(p.setup_fn, click.Command) or hasattr(p.setup_fn, "__click_params__")
-            for p in loaded):
-        raise click.UsageError(f"no such {what}: {preload_argv[0]} (no --preload takes "
+
+
+def check_preloads_take_argv(preload_argv: tuple[str, ...], preloads: list) -> None:
+    """Once loaded (in this process): some preload must be a click command to take them."""
+    if preload_argv and not any(isinstance(p.setup_fn, click.Command)
+                                or hasattr(p.setup_fn, "__click_params__") for p in preloads):
+        raise click.UsageError(f"no such option: {preload_argv[0]} (no --preload takes "
                                "command-line options)")
 
 
@@ -203,9 +200,14 @@ def interface_address(name: str) -> str:
 
 
 def choose_host(host: str | None, interface: str | None) -> str | None:
+    """The host to listen on, from ``--host`` (a name or address) or ``--interface``."""
     if host and interface:
         raise click.UsageError("give --host or --interface, not both")
-    return interface_address(interface) if interface else host
+    if interface:
+        return interface_address(interface)
+    if host:
+        return checked_address(host, "--host", default_port=0)[0]
+    return None
 
 
 def read_token_file(path: str, *, create: bool = False) -> str:

@@ -10,8 +10,8 @@ import click
 
 from ..scheduler.server import Scheduler
 from .common import (FIREWALL_HELP, Command, Duration, Shutdown, check_preload_argv,
-                     checked_address, choose_host, read_token_file, service_errors,
-                     setup_logging, version_option)
+                     check_preloads_take_argv, checked_address, choose_host, read_token_file,
+                     service_errors, setup_logging, version_option)
 from .common import pid_file as write_pid_file
 
 __all__ = ["scheduler", "main"]
@@ -70,8 +70,6 @@ def scheduler(host: str | None, port: int, interface: str | None, dashboard_addr
               auth: bool, preload_argv: tuple[str, ...]) -> None:
     setup_logging()
     host = choose_host(host, interface)
-    if host:
-        checked_address(host, "--host", default_port=port)
     if token_file and not auth:
         raise click.UsageError("--token-file and --no-auth contradict each other")
     token = read_token_file(token_file, create=True) if token_file else None
@@ -83,7 +81,7 @@ def scheduler(host: str | None, port: int, interface: str | None, dashboard_addr
                                 scheduler_file=scheduler_file, preload=list(preload),
                                 preload_argv=preload_argv, idle_timeout=idle_timeout,
                                 dashboard_address=dashboard_at)
-            check_preload_argv(preload_argv, service.preloads)
+            check_preloads_take_argv(preload_argv, service.preloads)
             service.start()
         try:
             if service.dashboard_link:

@@ -34,8 +34,9 @@ from ..deploy.scheduler_file import DEFAULT_WAIT, read_scheduler_file
 from ..nanny.nanny import Nanny
 from ..worker.worker import Worker
 from .common import (FIREWALL_HELP, Command, Duration, PortRange, Shutdown,
-                     check_preload_argv, checked_address, choose_host, read_token_file,
-                     service_errors, setup_logging, share_ports, version_option)
+                     check_preload_argv, check_preloads_take_argv, checked_address,
+                     choose_host, read_token_file, service_errors, setup_logging, share_ports,
+                     version_option)
 
 __all__ = ["worker", "main"]
 
@@ -246,7 +247,7 @@ def worker(**o: Any) -> None:
                         services.append(Worker(address, name=name, port=worker_ports[i],
                                                loop=loop, **kwargs))
                 if not o["nanny"]:
-                    check_preload_argv(preload_argv, services[0].preloads)
+                    check_preloads_take_argv(preload_argv, services[0].preloads)
                 _start(services)
             shutdown.wait(lambda: all(_finished(s) for s in services))
             if shutdown.received:

@@ -56,13 +56,18 @@ def memory_per_worker(memory_limit: Any, n_workers: int) -> int:
 
 
 class LocalCluster:
-    """``LocalCluster(n_workers=2, threads_per_worker=1)``: ready when it returns."""
+    """``LocalCluster(n_workers=2, threads_per_worker=1)``: ready when it returns.
+
+    ``resources={"db": 2}`` is declared by every worker; ``gpus=[0, 1]`` gives worker i
+    GPU ``gpus[i]`` (``CUDA_VISIBLE_DEVICES`` and a ``GPU`` resource of 1).
+    """
 
     def __init__(self, n_workers: int | None = None, threads_per_worker: int | None = None,
                  processes: bool = True, memory_limit: Any = "auto", host: str = "127.0.0.1",
                  scheduler_port: int = 0, dashboard_address: str | None = None,
                  resources: dict | None = None, token: str | None = None,
-                 config: Config | None = None, **config_overrides: Any):
+                 gpus: list | None = None, config: Config | None = None,
+                 **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         cpus = os.cpu_count() or 1
         if n_workers is None:
@@ -76,6 +81,10 @@ class LocalCluster:
         self.threads_per_worker = threads_per_worker
         self.memory_limit = memory_per_worker(memory_limit, n_workers)
         self.resources = resources
+        self.gpus = list(gpus) if gpus is not None else None
+        if self.gpus is not None and not processes:
+            raise ValueError("gpus= needs processes=True: each worker process gets its own "
+                             "CUDA_VISIBLE_DEVICES")
         self.dashboard_address = dashboard_address
         self.token = token or new_token()
         self.loop = EventLoop("mpnet-cluster-loop")
@@ -115,10 +124,12 @@ class LocalCluster:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _new_worker(self) -> Nanny | Worker:
+    def _new_worker(self, index: int) -> Nanny | Worker:
         kw = dict(nthreads=self.threads_per_worker, token=self.token, config=self.config,
                   resources=self.resources, memory_limit=self.memory_limit, host="127.0.0.1")
         if self.processes:
+            if self.gpus is not None:     # one GPU per worker, in order, round robin
+                kw["gpus"] = [self.gpus[index % len(self.gpus)]]
             return Nanny(self.scheduler_address, loop=self.loop, **kw)
         return Worker(self.scheduler_address, loop=self.loop, **kw)
 
@@ -128,7 +139,7 @@ class LocalCluster:
             if self._status in ("closing", "closed"):
                 raise ClusterClosedError("scale() on a closed LocalCluster")
             if n > len(self.workers):
-                new = [self._new_worker() for _ in range(n - len(self.workers))]
+                new = [self._new_worker(i) for i in range(len(self.workers), n)]
                 self.workers.extend(new)
                 if self.processes:       # spawn all, then wait: start-up in parallel
                     for w in new:

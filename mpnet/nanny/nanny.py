@@ -63,11 +63,18 @@ class Nanny:
                  memory_limit: int = 0, local_directory: str | None = None,
                  preload: Any = None, preload_argv: Any = (), preload_nanny: Any = None,
                  preload_nanny_argv: Any = (), plugins: Any = (), env: dict | None = None,
-                 loop: EventLoop | None = None, config: Config | None = None,
-                 **config_overrides: Any):
+                 gpus: Any = None, loop: EventLoop | None = None,
+                 config: Config | None = None, **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         self.scheduler_address = scheduler_address
         self.token = resolve_token(token)
+        env = dict(env or {})
+        if gpus is not None:
+            # The worker sees only its GPUs (numbered from 0 inside it) and offers as
+            # many "GPU" resources, unless told otherwise.
+            ids = [str(g) for g in (gpus.split(",") if isinstance(gpus, str) else gpus)]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+            resources = {"GPU": len(ids), **(resources or {})}
         sched_host, _ = parse_address(scheduler_address)
         self.host = host if host is not None else (
             "127.0.0.1" if sched_host in ("127.0.0.1", "localhost", "") else "")
@@ -84,7 +91,7 @@ class Nanny:
                                   preload=preload, preload_argv=list(preload_argv),
                                   config=self.config,
                                   log_level=logging.getLogger("mpnet").getEffectiveLevel())
-        self.env = dict(env or {})
+        self.env = env
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             if var not in os.environ and var not in self.env:
                 # one worker thread = one BLAS thread, or threads fight over the cores
