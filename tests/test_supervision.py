@@ -265,18 +265,16 @@ def test_retire_workers_keeps_their_results():
 
 
 def test_lifetime_recycles_workers_without_losing_results():
-    with LocalCluster(n_workers=2, processes=True) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, lifetime=1.5, lifetime_stagger=0.5,
+                      lifetime_restart=True) as cluster, Client(cluster) as client:
         data = client.map(slow_square, range(20), delay=0)
         client.gather(data)
-        # Ask one worker to retire with a restart, as its lifetime would.
-        victim = sorted(worker_pids(client))[0]
-        client.run(lambda mpnet_worker: setattr(mpnet_worker, "lifetime_restart", True)
-                   or mpnet_worker.loop.call_soon_threadsafe(mpnet_worker._lifetime_over),
-                   workers=[victim])
-        wait_for(lambda: victim not in client.scheduler_info()["workers"]
-                 and len(client.scheduler_info()["workers"]) == 2, timeout=15,
-                 what="the worker to be recycled")
+        first = set(worker_pids(client).values())
+        wait_for(lambda: not first & set(worker_pids(client).values())
+                 and len(client.scheduler_info()["workers"]) == 2, timeout=20,
+                 what="both workers to be recycled")
         assert client.gather(data) == [x * x for x in range(20)]
+        assert client.submit(sum, data).result(timeout=10) == sum(x * x for x in range(20))
 
 
 @pytest.mark.slow
@@ -314,3 +312,42 @@ def test_chaos_random_sigkills_during_a_tree_reduction():
         assert client.gather(leaves) == [v * v for v in values]
         wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=15,
                  what="the full worker count")
+
+
+CTRL_C_SCRIPT = textwrap.dedent("""
+    import time
+    from mpnet import LocalCluster, Client
+
+    def forever(x):
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        with LocalCluster(n_workers=2) as cluster, Client(cluster) as client:
+            futures = client.map(forever, range(4))
+            print("running", flush=True)
+            client.gather(futures)
+""")
+
+
+def test_ctrl_c_leaves_nothing_behind(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(CTRL_C_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(True)]
+        assert len(family) >= 3
+        os.killpg(proc.pid, signal.SIGINT)       # what a terminal's Ctrl-C does
+        proc.wait(15)
+        err = proc.stderr.read()
+        assert "KeyboardInterrupt" in err
+        wait_for(lambda: not [p for p in family if psutil.pid_exists(p) and
+                              psutil.Process(p).status() != psutil.STATUS_ZOMBIE],
+                 timeout=5, what="every process of the job to exit")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        proc.stdout.close()
+        proc.stderr.close()

@@ -217,7 +217,8 @@ def read_token_file(path: str, *, create: bool = False) -> str:
         text = target.read_text().strip()
     except FileNotFoundError:
         if not create:
-            raise click.BadParameter(f"{target} does not exist", param_hint="'--token-file'")
+            raise click.BadParameter(f"{target} does not exist",
+                                     param_hint="'--token-file'") from None
         target.parent.mkdir(parents=True, exist_ok=True)
         token = new_token()
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

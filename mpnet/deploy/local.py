@@ -60,14 +60,17 @@ class LocalCluster:
 
     ``resources={"db": 2}`` is declared by every worker; ``gpus=[0, 1]`` gives worker i
     GPU ``gpus[i]`` (``CUDA_VISIBLE_DEVICES`` and a ``GPU`` resource of 1).
+    ``lifetime`` (seconds), ``lifetime_stagger``, ``lifetime_restart`` recycle workers:
+    see docs/supervision.md.
     """
 
     def __init__(self, n_workers: int | None = None, threads_per_worker: int | None = None,
                  processes: bool = True, memory_limit: Any = "auto", host: str = "127.0.0.1",
                  scheduler_port: int = 0, dashboard_address: str | None = None,
                  resources: dict | None = None, token: str | None = None,
-                 gpus: list | None = None, config: Config | None = None,
-                 **config_overrides: Any):
+                 gpus: list | None = None, lifetime: float | None = None,
+                 lifetime_stagger: float = 0.0, lifetime_restart: bool = False,
+                 config: Config | None = None, **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         cpus = os.cpu_count() or 1
         if n_workers is None:
@@ -82,6 +85,8 @@ class LocalCluster:
         self.memory_limit = memory_per_worker(memory_limit, n_workers)
         self.resources = resources
         self.gpus = list(gpus) if gpus is not None else None
+        self.lifetime = dict(lifetime=lifetime, lifetime_stagger=lifetime_stagger,
+                             lifetime_restart=lifetime_restart)
         if self.gpus is not None and not processes:
             raise ValueError("gpus= needs processes=True: each worker process gets its own "
                              "CUDA_VISIBLE_DEVICES")
@@ -126,7 +131,8 @@ class LocalCluster:
 
     def _new_worker(self, index: int) -> Nanny | Worker:
         kw = dict(nthreads=self.threads_per_worker, token=self.token, config=self.config,
-                  resources=self.resources, memory_limit=self.memory_limit, host="127.0.0.1")
+                  resources=self.resources, memory_limit=self.memory_limit, host="127.0.0.1",
+                  **self.lifetime)
         if self.processes:
             if self.gpus is not None:     # one GPU per worker, in order, round robin
                 kw["gpus"] = [self.gpus[index % len(self.gpus)]]

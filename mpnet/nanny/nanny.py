@@ -63,7 +63,9 @@ class Nanny:
                  memory_limit: int = 0, local_directory: str | None = None,
                  preload: Any = None, preload_argv: Any = (), preload_nanny: Any = None,
                  preload_nanny_argv: Any = (), plugins: Any = (), env: dict | None = None,
-                 gpus: Any = None, loop: EventLoop | None = None,
+                 gpus: Any = None, lifetime: float | None = None,
+                 lifetime_stagger: float = 0.0, lifetime_restart: bool = False,
+                 loop: EventLoop | None = None,
                  config: Config | None = None, **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         self.scheduler_address = scheduler_address
@@ -89,6 +91,8 @@ class Nanny:
                                   nanny=self.id, resources=resources,
                                   memory_limit=memory_limit, local_directory=local_directory,
                                   preload=preload, preload_argv=list(preload_argv),
+                                  lifetime=lifetime, lifetime_stagger=lifetime_stagger,
+                                  lifetime_restart=lifetime_restart,
                                   config=self.config,
                                   log_level=logging.getLogger("mpnet").getEffectiveLevel())
         self.env = env
