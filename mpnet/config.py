@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-__all__ = ["Config", "make_config", "parse_bytes"]
+__all__ = ["Config", "make_config", "parse_bytes", "tune_gc"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ class Config:
     close_timeout: float = 3.0
     #: how often a worker tells the scheduler it is alive
     heartbeat_interval: float = 0.5
+    #: processes running mpnet raise Python's generation-0 GC threshold to at least this
+    #: (0 leaves it alone): the default 700 makes the collector scan the thousands of
+    #: live futures and task records over and over; measured in docs/design.md
+    gc_threshold: int = 10_000
     # --- supervision -------------------------------------------------------------
     #: a worker silent this long (no heartbeat, socket still open) is declared lost
     worker_ttl: float = 20.0
@@ -127,3 +131,12 @@ def make_config(base: Config | None = None, *, environ: Mapping[str, str] | None
     if unknown:
         raise TypeError(f"unknown configuration option(s): {', '.join(sorted(unknown))}")
     return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def tune_gc(config: Config) -> None:
+    """Raise the generation-0 collection threshold (process-wide) to ``gc_threshold``."""
+    import gc
+    if config.gc_threshold:
+        first, second, third = gc.get_threshold()
+        if first < config.gc_threshold:
+            gc.set_threshold(config.gc_threshold, second, third)

@@ -42,8 +42,8 @@ def _dashboard_address(value: str) -> str:
 @click.option("--interface", metavar="NIC", default=None,
               help="Listen on this network interface's IPv4 address (eth0, ib0).")
 @click.option("--dashboard-address", default=":8787", show_default=True,
-              help="Address of the diagnostic dashboard (served once the dashboard "
-                   "lands; the address is passed to the scheduler now).")
+              help="Address of the diagnostic web dashboard. (This version passes it "
+                   "to the scheduler but serves no dashboard yet.)")
 @click.option("--dashboard/--no-dashboard", default=True, show_default=True,
               help="Serve the dashboard or not.")
 @click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,

@@ -29,7 +29,7 @@ from ..comm.connection import Connection, connect, connect_sync
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Msg, check_handlers
 from ..comm.serialize import (Payload, dumps, dumps_task_args, loads, loads_exception)
-from ..config import Config, make_config
+from ..config import Config, make_config, tune_gc
 from ..errors import (ClusterClosedError, CommClosedError, KilledWorkerError, ProtocolError,
                       UnsatisfiableError, VersionMismatchError, WorkerLostError)
 from ..versions import format_mismatches, get_versions, mismatches
@@ -94,6 +94,7 @@ class Client(ActorMixin):
             Msg.TASK_CANCELLED: self._task_cancelled,
             Msg.TASK_LOST: self._task_lost,
         })
+        tune_gc(self.config)
         self.loop.start()
         try:
             self.scheduler = connect_sync(

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import psutil
 
 from ..comm.eventloop import EventLoop
+from ..config import tune_gc
 
 __all__ = ["WorkerProcess", "describe_exit", "worker_main"]
 
@@ -271,6 +272,7 @@ def worker_main(pipe: Any, kwargs: dict) -> None:
     logging.basicConfig(level=kwargs.pop("log_level", logging.WARNING),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     worker = Worker(**kwargs)
+    tune_gc(worker.config)
     try:
         worker.start()
     except BaseException as e:   # report why, so the nanny and the user see it

@@ -29,7 +29,7 @@ from ..comm.connection import Connection, Listener
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Msg, check_handlers
 from ..comm.serialize import dumps, dumps_exception, loads
-from ..config import Config, make_config
+from ..config import Config, make_config, tune_gc
 from ..deploy.scheduler_file import remove_scheduler_file, write_scheduler_file
 from ..errors import ClusterClosedError, ProtocolError
 from ..plugins import call_hook, plugin_name
@@ -130,6 +130,7 @@ class Scheduler:
             self._status = "starting"
         if address is not None:
             self.host, self.port = parse_address(address, default_port=self.port)
+        tune_gc(self.config)
         self.loop.start()
         host = "" if self.host is None else self.host
         try:
