@@ -123,16 +123,18 @@ class _Hosted:
                 return
             self._call(*item)
 
+    def _invoke(self, method: str, args: Any, kwargs: Any, kind: str) -> Any:
+        """Read the attribute or call the method (which may return an awaitable)."""
+        if self.instance is None:
+            raise ActorDiedError(f"actor {self.key} failed to start")
+        if kind == "getattr":
+            return getattr(self.instance, method)
+        a, k = decode_args(args, kwargs)
+        return getattr(self.instance, method)(*a, **k)
+
     def _call(self, reply: Callable, method: str, args: Any, kwargs: Any, kind: str) -> None:
         try:
-            if self.instance is None:
-                raise ActorDiedError(f"actor {self.key} failed to start")
-            if kind == "getattr":
-                value = getattr(self.instance, method)
-            else:
-                a, k = decode_args(args, kwargs)
-                value = getattr(self.instance, method)(*a, **k)
-            reply(True, encode_value(value), "")
+            reply(True, encode_value(self._invoke(method, args, kwargs, kind)), "")
         except BaseException as e:   # the method's error goes back to its caller
             exc, tb = dumps_exception(e)
             reply(False, exc, tb)
@@ -190,15 +192,9 @@ class _Hosted:
                           kind: str) -> None:
         async with self._semaphore:
             try:
-                if self.instance is None:
-                    raise ActorDiedError(f"actor {self.key} failed to start")
-                if kind == "getattr":
-                    value = getattr(self.instance, method)
-                else:
-                    a, k = decode_args(args, kwargs)
-                    value = getattr(self.instance, method)(*a, **k)
-                    if inspect.isawaitable(value):
-                        value = await value
+                value = self._invoke(method, args, kwargs, kind)
+                if inspect.isawaitable(value):
+                    value = await value
                 reply(True, encode_value(value), "")
             except BaseException as e:   # the method's error goes back to its caller
                 exc, tb = dumps_exception(e)
