@@ -37,10 +37,10 @@ from ..deploy.scheduler_file import StaleSchedulerFileError
 from ..errors import MpnetError
 from ..preload import PreloadError
 
-__all__ = ["Command", "Group", "version_option", "setup_logging", "Duration", "PortRange",
-           "interface_address", "read_token_file", "service_errors", "check_preload_argv",
-           "check_preloads_take_argv",
-           "pid_file", "Shutdown", "FIREWALL_HELP"]
+__all__ = ["Command", "Group", "version_option", "service_errors", "check_preload_argv",
+           "check_preloads_take_argv", "Duration", "PortRange", "share_ports",
+           "checked_address", "interface_address", "choose_host", "read_token_file",
+           "setup_logging", "pid_file", "Shutdown", "FIREWALL_HELP"]
 
 log = logging.getLogger("mpnet.cli")
 
@@ -107,11 +107,10 @@ def service_errors() -> Iterator[None]:
         if cause is not None and not missing:   # the user's frames, then one summary line
             traceback.print_exception(cause)
         raise click.ClickException(str(e)) from None
-    except StaleSchedulerFileError as e:
-        raise click.ClickException(str(e)) from None
-    except (MpnetError, OSError, ValueError, TimeoutError) as e:
-        # OSError: a port in use or a host that cannot be bound; ValueError: an address
-        # or size that does not parse; MpnetError: refused token, no scheduler, ...
+    except (MpnetError, StaleSchedulerFileError, OSError, ValueError, TimeoutError) as e:
+        # MpnetError: a refused token, no scheduler at the address; OSError: a port in
+        # use, a host that cannot be bound; ValueError: a file or value that does not
+        # parse. Anything else is a bug in mpnet, and its traceback should show.
         text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise click.ClickException(text.replace("\n", " ")) from None
 

@@ -63,7 +63,8 @@ def _dashboard_address(value: str) -> str:
 @click.option("--auth/--no-auth", default=True, show_default=True,
               help="--no-auth lets anyone who reaches the port run code on the cluster.")
 @version_option("mpnet-scheduler")
-@click.argument("preload_argv", nargs=-1, type=click.UNPROCESSED)
+@click.argument("preload_argv", nargs=-1, type=click.UNPROCESSED,
+                metavar="[PRELOAD OPTIONS]")
 def scheduler(host: str | None, port: int, interface: str | None, dashboard_address: str,
               dashboard: bool, scheduler_file: str | None, preload: tuple[str, ...],
               idle_timeout: float | None, pid_file: str | None, token_file: str | None,

@@ -15,8 +15,6 @@ or goes away. Every option maps onto a keyword argument of :class:`~mpnet.Nanny`
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
 import os
 import re
@@ -28,7 +26,6 @@ import click
 from ..comm.addressing import format_address
 from ..comm.auth import resolve_token
 from ..comm.eventloop import EventLoop
-from ..config import Config
 from ..deploy.local import memory_per_worker
 from ..deploy.scheduler_file import DEFAULT_WAIT, read_scheduler_file
 from ..nanny.nanny import Nanny
@@ -106,19 +103,28 @@ def _scheduler_address(address: str | None, scheduler_file: str | None,
     return format_address(host or "127.0.0.1", port), None
 
 
-def _taken_by(cls: type, options: dict[str, Any]) -> dict[str, Any]:
-    """The ``options`` that ``cls`` (or its configuration) takes; a warning for the rest.
-
-    Lifetime and reconnection (``death_timeout``) land in Worker, Nanny and Config with
-    the supervision work, apart from this command: each option is passed on where it is
-    taken, and said to be ignored where it is not yet.
-    """
-    takes = set(inspect.signature(cls).parameters) | {f.name for f in dataclasses.fields(Config)}
-    for name, value in options.items():
-        if value and name not in takes:
-            log.warning("--%s is accepted but not acted on yet by this version's %s",
-                        name.replace("_", "-"), cls.__name__)
-    return {k: v for k, v in options.items() if k in takes and v is not None}
+def _service_options(o: dict, preload_argv: tuple[str, ...]) -> tuple[dict, list, list]:
+    """The keyword arguments every Nanny (or Worker) gets, and each one's ports."""
+    n = o["nworkers"]
+    host = choose_host(o["host"], o["interface"])
+    worker_ports = o["worker_port"]
+    if o["listen_address"]:
+        host, port = checked_address(o["listen_address"], "--listen-address")
+        worker_ports = [port]
+    if o["contact_address"]:
+        checked_address(o["contact_address"], "--contact-address")
+    kwargs = dict(
+        nthreads=o["nthreads"] or max(1, (os.cpu_count() or 1) // n), host=host,
+        contact_address=o["contact_address"], resources=_resources(o["resources"]),
+        memory_limit=_memory_limit(o["memory_limit"], n),
+        local_directory=o["local_directory"], preload=list(o["preload"]),
+        preload_argv=list(preload_argv), lifetime=o["lifetime"],
+        lifetime_stagger=o["lifetime_stagger"] or 0.0, lifetime_restart=o["lifetime_restart"],
+        # death_timeout: reaching the scheduler at start (connect_timeout) and again after
+        # losing it (config.death_timeout); None keeps the configured defaults
+        connect_timeout=o["death_timeout"], death_timeout=o["death_timeout"])
+    return (kwargs, share_ports(worker_ports, n, "--worker-port"),
+            share_ports(o["nanny_port"], n, "--nanny-port"))
 
 
 def _check_combinations(o: dict) -> None:
@@ -199,7 +205,8 @@ def _check_combinations(o: dict) -> None:
               help="Read the cluster token from this file.")
 @version_option("mpnet-worker")
 @click.argument("address", required=False)
-@click.argument("preload_argv", nargs=-1, type=click.UNPROCESSED)
+@click.argument("preload_argv", nargs=-1, type=click.UNPROCESSED,
+                metavar="[PRELOAD OPTIONS]")
 def worker(**o: Any) -> None:
     setup_logging()
     address, preload_argv = o["address"], tuple(o["preload_argv"])
@@ -207,29 +214,12 @@ def worker(**o: Any) -> None:
         address, preload_argv = None, (address, *preload_argv)
     _check_combinations(o)
     check_preload_argv(preload_argv, [*o["preload"], *o["preload_nanny"]])
-    n = o["nworkers"]
-    host = choose_host(o["host"], o["interface"])
-    worker_ports = o["worker_port"]
-    if o["listen_address"]:
-        host, port = checked_address(o["listen_address"], "--listen-address")
-        worker_ports = [port]
-    if o["contact_address"]:
-        checked_address(o["contact_address"], "--contact-address")
-    kwargs = dict(
-        nthreads=o["nthreads"] or max(1, (os.cpu_count() or 1) // n), host=host,
-        contact_address=o["contact_address"], resources=_resources(o["resources"]),
-        memory_limit=_memory_limit(o["memory_limit"], n),
-        local_directory=o["local_directory"], preload=list(o["preload"]),
-        preload_argv=list(preload_argv), connect_timeout=o["death_timeout"])
-    later = {k: o[k] for k in ("lifetime", "lifetime_stagger", "lifetime_restart",
-                               "death_timeout")}
-    kwargs.update(_taken_by(Nanny if o["nanny"] else Worker, later))
-    worker_ports = share_ports(worker_ports, n, "--worker-port")
-    nanny_ports = share_ports(o["nanny_port"], n, "--nanny-port")
+    kwargs, worker_ports, nanny_ports = _service_options(o, preload_argv)
     explicit = read_token_file(o["token_file"]) if o["token_file"] else None
     address, file_token = _scheduler_address(address, o["scheduler_file"],
                                              o["death_timeout"] or DEFAULT_WAIT)
     kwargs["token"] = resolve_token(explicit, scheduler_file_token=file_token)
+    n = o["nworkers"]
 
     loop = EventLoop("mpnet-worker-cli-loop")
     services: list[Nanny | Worker] = []
@@ -253,7 +243,8 @@ def worker(**o: Any) -> None:
             if shutdown.received:
                 log.info("%s received: closing %d worker(s)", shutdown.reason, len(services))
             else:
-                log.info("the scheduler asked the workers to leave: closing")
+                log.info("the workers stopped by themselves (retired, asked to leave, or "
+                         "the scheduler is gone): exiting")
         finally:
             _close(services, loop)
 
