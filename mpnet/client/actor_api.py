@@ -24,7 +24,7 @@ __all__ = ["ActorMixin"]
 class ActorMixin:
     """Actor methods of :class:`~mpnet.Client` (uses its loop, config and scheduler)."""
 
-    _actor_lock = threading.Lock()
+    _actor_lock = threading.Lock()     # only to make the caller once
 
     @property
     def actor_caller(self) -> ActorCaller:
@@ -116,24 +116,27 @@ class ActorMixin:
         return self._request(Msg.KILL_ACTOR, handle.key)
 
     # --- counting handles -------------------------------------------------------------
+    # Counted on the loop thread only: __del__ may run in any thread, at any allocation,
+    # even inside a lock that thread holds, so it must take none; it just queues.
     def _hold_actor(self, key: str) -> None:
-        with self._actor_lock:
-            refs = self.__dict__.setdefault("_actor_refs", {})
-            refs[key] = refs.get(key, 0) + 1
+        self.loop.call_soon_threadsafe(self._count_actor_handle, key, 1)
 
     def _release_actor_handle(self, key: str) -> None:
         """From ``ActorHandle.__del__``, any thread."""
-        with self._actor_lock:
-            refs = self.__dict__.get("_actor_refs", {})
-            refs[key] = refs.get(key, 1) - 1
-            if refs[key] > 0:
-                return
+        if self.status != "open":
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._count_actor_handle, key, -1)
+        except RuntimeError:   # interpreter shutting down
+            pass
+
+    def _count_actor_handle(self, key: str, change: int) -> None:
+        refs = self.__dict__.setdefault("_actor_refs", {})
+        refs[key] = refs.get(key, 0) + change
+        if refs[key] <= 0:
             del refs[key]
-        if self.status == "open":
-            try:
-                self._send([Msg.RELEASE_ACTOR, key])
-            except RuntimeError:   # interpreter shutting down
-                pass
+            if not self.scheduler.closed:
+                self.scheduler.send([Msg.RELEASE_ACTOR, key])
 
 
 

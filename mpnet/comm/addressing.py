@@ -65,7 +65,23 @@ def parse_port_range(spec: int | str | None) -> list[int]:
 
 
 def outward_host() -> str:
-    """The address other machines reach this one at, for a server on every interface."""
+    """The address other machines reach this one at, for a server on every interface.
+
+    The host name often resolves to loopback (Debian maps it to 127.0.1.1), which would
+    send remote workers to themselves: prefer the first IPv4 address of an interface that
+    is up and not loopback.
+    """
+    import psutil
+    try:
+        stats = psutil.net_if_stats()
+        for nic, addrs in psutil.net_if_addrs().items():
+            if not stats.get(nic) or not stats[nic].isup:
+                continue
+            for a in addrs:
+                if a.family == socket.AF_INET and not a.address.startswith("127."):
+                    return a.address
+    except (OSError, psutil.Error):
+        pass
     try:
         return socket.gethostbyname(socket.gethostname())
     except OSError:

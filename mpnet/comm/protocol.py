@@ -96,6 +96,7 @@ class Msg(enum.IntEnum):
     TASK_FAILED = 42         # (key, exception payload, traceback text)
     MISSING_DATA = 43        # (key, dep key, worker address)
     HEARTBEAT = 44           # (metrics: dict)
+    GOODBYE = 45             # (reason,)  a planned close: not a failure
 
     # nanny → scheduler
     REGISTER_NANNY = 50      # (req_id, info: dict)

@@ -305,9 +305,11 @@ class Nanny:
             self._started.set_result(address)
 
     def _worker_failed(self, text: str) -> None:
-        log.error("%s: worker failed to start: %s", self.id, text)
+        log.error("%s: worker failed to start:\n%s", self.id, text)
         if not self._started.done():
-            self._started.set_exception(MpnetError(f"worker failed to start: {text}"))
+            last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
+            self._started.set_exception(MpnetError(
+                f"worker failed to start: {last} (its traceback is in the log above)"))
             self._status = "closing"   # a worker that cannot start is not restarted
 
     def _worker_exited(self) -> None:

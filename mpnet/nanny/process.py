@@ -108,6 +108,9 @@ class WorkerProcess:
         except (EOFError, OSError):
             self.loop.unregister(self._fds[0])
             return
+        self._handle(msg)
+
+    def _handle(self, msg: tuple) -> None:
         if msg[0] == "pong":
             self.last_pong = time.monotonic()
         elif msg[0] == "started":
@@ -136,6 +139,16 @@ class WorkerProcess:
             pass   # the child is gone or going: its sentinel will tell
 
     def _on_sentinel(self, mask: int) -> None:
+        # Read what the child said last ("failed: …", "leaving") before forgetting the
+        # pipe: its exit may be noticed before its last message. EOF ends it.
+        for _ in range(16):
+            try:
+                if self.pipe is None or self.pipe.closed or not self.pipe.poll():
+                    break
+                msg = self.pipe.recv()
+            except (EOFError, OSError):
+                break
+            self._handle(msg)
         # Only tell the owner: exactly one thread may reap the child (waitpid), and
         # while the nanny is closing that is the thread running stop().
         self._forget_fds()
@@ -268,6 +281,7 @@ class _environ:
 def worker_main(pipe: Any, kwargs: dict) -> None:
     """Entry point of a worker process: run a Worker until told to stop or orphaned."""
     from ..worker.worker import Worker    # imported here: the child needs it, not the nanny
+    import traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the nanny's to handle
     logging.basicConfig(level=kwargs.pop("log_level", logging.WARNING),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -275,12 +289,18 @@ def worker_main(pipe: Any, kwargs: dict) -> None:
     tune_gc(worker.config)
     try:
         worker.start()
-    except BaseException as e:   # report why, so the nanny and the user see it
+    except BaseException as e:   # report why, with the traceback, so the user sees it
         try:
-            pipe.send(("failed", f"{type(e).__name__}: {e}"))
+            pipe.send(("failed", "".join(traceback.format_exception(e)).rstrip()))
         finally:
             sys.exit(1)
     pipe.send(("started", worker.address))
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # A job scheduler's scancel/qdel signals every process of the job: leave
+        # cleanly (the handler only asks; the loop does the work).
+        worker.loop.call_soon_threadsafe(worker.stop_serving, "SIGTERM")
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     def on_pipe(mask: int) -> None:
         try:

@@ -97,11 +97,14 @@ class Recovery:
             self.workers[address].exit = description
             self.remove_worker(address, description)
 
-    def remove_worker(self, address: str, reason: str) -> None:
+    def remove_worker(self, address: str, reason: str, graceful: bool = False) -> None:
+        """``address`` is gone. ``graceful``: it said goodbye, so the tasks it was running
+        do not count as having killed it."""
         ws = self.workers.pop(address, None)
         if ws is None:
             return
-        self.counts["workers_lost"] += 1
+        if not graceful:
+            self.counts["workers_lost"] += 1
         ended = f"{address} ({self.exits.get(address) or ws.exit or reason})"
         limit = self.config.allowed_failures
         # First forget everything the worker held, so nothing below counts on it ...
@@ -112,7 +115,8 @@ class Recovery:
         interrupted = sorted(ws.processing, key=lambda t: t.priority)
         for ts in interrupted:
             self._unassign(ts)
-            ts.failed_on.append(ended)
+            if not graceful:
+                ts.failed_on.append(ended)
             self._to(ts, "waiting")
         # ... then recompute what was lost, reschedule what was interrupted, and
         # re-create the actors it hosted.

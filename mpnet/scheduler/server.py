@@ -102,6 +102,7 @@ class Scheduler:
             Msg.TASK_FAILED: self._task_failed,
             Msg.MISSING_DATA: self._missing_data,
             Msg.HEARTBEAT: self._heartbeat,
+            Msg.GOODBYE: self._goodbye,
             Msg.REGISTER_NANNY: self._register_nanny,
             Msg.WORKER_EXITED: self._worker_exited,
             Msg.REGISTER_PLUGIN: self._register_plugin,
@@ -452,6 +453,14 @@ class Scheduler:
 
     def _missing_data(self, conn: Connection, key: str, dep: str, holder: str) -> None:
         self.state.missing_data(conn.owner_data, key, dep, holder)
+
+    def _goodbye(self, conn: Connection, reason: str) -> None:
+        ws = conn.owner_data
+        if isinstance(ws, WorkerState) and ws.address in self.state.workers:
+            log.info("worker %s left: %s", ws.address, reason)
+            conn.owner_data = None          # its closing connection is no news now
+            self.state.remove_worker(ws.address, reason, graceful=True)
+            call_hook(self.plugins, "remove_worker", self, ws.address)
 
     def _heartbeat(self, conn: Connection, metrics: dict) -> None:
         self.state.heartbeat(conn.owner_data, metrics)

@@ -122,6 +122,7 @@ class Worker:
         self._run_threads: set[threading.Thread] = set()
         self._heartbeat_timer = None
         self._retiring_for_lifetime = False
+        self._stop_reason = ""
         self._status = "created"
         self._lock = threading.Lock()
         self._stopped = threading.Event()       # the loop side has shut down
@@ -259,6 +260,7 @@ class Worker:
             self._actor_caller.close()
         if self.scheduler is not None:
             self.scheduler.on_close = None
+            self.scheduler.send([Msg.GOODBYE, self._stop_reason or "closed"])
             self.scheduler.flush()
             self.scheduler.close()
         if self.listener is not None:
@@ -275,6 +277,7 @@ class Worker:
         if self._status in ("running", "starting", "reconnecting"):
             self._status = "closing"
         log.info("worker %s stopping: %s", self.address, reason)
+        self._stop_reason = reason
         self._shutdown_on_loop()
 
     def _leave(self, reason: str) -> None:
