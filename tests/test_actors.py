@@ -13,7 +13,7 @@ import pytest
 
 import mpnet
 from mpnet import ActorDiedError, Client, LocalCluster
-from tests.conftest import wait_for
+from tests.utils import wait_for
 
 
 class Counter:

@@ -12,7 +12,7 @@ import pytest
 
 import mpnet
 from mpnet import Client, LocalCluster, as_completed, wait
-from tests.conftest import wait_for
+from tests.utils import wait_for
 
 
 def inc(x):

@@ -17,7 +17,7 @@ import pytest
 import mpnet
 from mpnet import Client, LocalCluster
 from mpnet.nanny.policy import RestartPolicy
-from tests.conftest import wait_for
+from tests.utils import wait_for
 
 
 def slow_square(x, delay=0.05):

@@ -27,7 +27,7 @@ from mpnet import Client, VersionMismatchError
 from mpnet.cli.main import cli
 from mpnet.deploy.scheduler_file import read_scheduler_file
 from mpnet.errors import AuthenticationError
-from tests.conftest import wait_for
+from tests.utils import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MPNET = [sys.executable, "-m", "mpnet.cli.main"]
