@@ -11,7 +11,6 @@ import time
 import psutil
 import pytest
 
-from tests.utils import wait_for  # noqa: F401  (re-exported for older imports)
 
 
 def _children() -> set[int]:
