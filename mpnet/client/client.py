@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterable
 from ..comm.auth import resolve_token
 from ..comm.connection import Connection, connect, connect_sync
 from ..comm.eventloop import EventLoop
-from ..comm.protocol import Msg, check_handlers
+from ..comm.protocol import Dispatcher, Msg
 from ..comm.serialize import (Payload, dumps, dumps_task_args, loads, loads_exception)
 from ..config import Config, make_config, tune_gc
-from ..errors import (ClusterClosedError, CommClosedError, KilledWorkerError, ProtocolError,
+from ..errors import (ClusterClosedError, CommClosedError, KilledWorkerError,
                       UnsatisfiableError, VersionMismatchError, WorkerLostError)
 from ..versions import format_mismatches, get_versions, mismatches
 from ..worker import context
@@ -88,12 +88,12 @@ class Client(ActorMixin):
         self._workers: dict[str, cf.Future] = {}
         self._status = "connecting"
         self._lock = threading.Lock()
-        self._handlers = check_handlers("client", {
+        self._handlers = Dispatcher("client", {
             Msg.TASK_DONE: self._task_done,
             Msg.TASK_ERRED: self._task_erred,
             Msg.TASK_CANCELLED: self._task_cancelled,
             Msg.TASK_LOST: self._task_lost,
-        })
+        }, with_conn=False)
         tune_gc(self.config)
         self.loop.start()
         try:
@@ -150,10 +150,7 @@ class Client(ActorMixin):
                                      f"{e}") from None
 
     def _dispatch(self, conn: Connection, msg: list) -> None:
-        handler = self._handlers.get(msg[0])
-        if handler is None:
-            raise ProtocolError(f"a client has no handler for message type {msg[0]}")
-        handler(*msg[1:])
+        self._handlers(conn, msg)
 
     def _task_done(self, key: str, payload: Payload | None, worker: str, nbytes: int) -> None:
         fut = self._futures.get(key)

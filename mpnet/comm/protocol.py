@@ -29,7 +29,7 @@ from ..errors import ProtocolError
 from .serialize import Payload
 
 __all__ = ["PROTOCOL_VERSION", "Msg", "FrameEncoder", "FrameDecoder", "HEADER",
-           "encode_handshake", "decode_handshake", "check_handlers"]
+           "encode_handshake", "decode_handshake", "Dispatcher"]
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!II")
@@ -284,8 +284,47 @@ def decode_handshake(buf: bytearray, limit: int) -> Any | None:
         raise ProtocolError(f"malformed handshake: {type(e).__name__}: {e}") from None
 
 
-def check_handlers(role: str, handlers: dict[int, Callable]) -> dict[int, Callable]:
-    """Validate a role's dispatch table: every key must be a :class:`Msg`."""
-    for k in handlers:
-        Msg(k)
-    return handlers
+class Dispatcher:
+    """A role's message table: one handler per :class:`Msg`, checked when it is built.
+
+    Each message's field count is checked against its handler's parameters before the
+    handler runs: a peer that sends too few or too many fields gets a ProtocolError
+    (its connection closes) instead of a TypeError deep in a handler. A type the role
+    does not handle is a ProtocolError too, never a silent ``None``.
+    """
+
+    def __init__(self, role: str, handlers: dict[int, Callable], *, with_conn: bool = True):
+        self.role = role
+        self.with_conn = with_conn
+        self._table: dict[int, tuple[Callable, int, float]] = {}
+        for msg_type, fn in handlers.items():
+            Msg(msg_type)
+            self._table[int(msg_type)] = (fn, *_arity(fn, skip=1 if with_conn else 0))
+
+    def __call__(self, conn: Any, msg: list) -> None:
+        entry = self._table.get(msg[0])
+        if entry is None:
+            raise ProtocolError(f"a {self.role} has no handler for message type {msg[0]}")
+        fn, low, high = entry
+        if not low <= len(msg) - 1 <= high:
+            raise ProtocolError(f"malformed {Msg(msg[0]).name} message: {len(msg) - 1} "
+                                f"fields where a {self.role} expects {low} to {high}")
+        if self.with_conn:
+            fn(conn, *msg[1:])
+        else:
+            fn(*msg[1:])
+
+
+def _arity(fn: Callable, skip: int) -> tuple[int, float]:
+    """(fewest, most) positional arguments ``fn`` takes after the first ``skip``."""
+    import inspect
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    low = high = 0
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            return low, float("inf")
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            high += 1
+            if p.default is p.empty:
+                low += 1
+    return low, high

@@ -29,10 +29,10 @@ from ..comm.addressing import format_address, outward_host, parse_address
 from ..comm.auth import resolve_token
 from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
-from ..comm.protocol import Msg, check_handlers
+from ..comm.protocol import Dispatcher, Msg
 from ..config import Config, make_config
 from ..comm.serialize import loads
-from ..errors import ClusterClosedError, MpnetError, ProtocolError
+from ..errors import ClusterClosedError, MpnetError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from .policy import RestartPolicy
@@ -120,7 +120,7 @@ class Nanny:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._restart_timer = None
-        self._handlers = check_handlers("nanny", {
+        self._handlers = Dispatcher("nanny", {
             Msg.CLOSE_WORKER: self._close_requested,
             Msg.RESTART_WORKER: lambda conn, reason: self.restart_worker(reason),
             Msg.PLUGIN: self._plugin,
@@ -386,10 +386,7 @@ class Nanny:
 
     # --- scheduler -----------------------------------------------------------------
     def _dispatch(self, conn: Connection, msg: list) -> None:
-        handler = self._handlers.get(msg[0])
-        if handler is None:
-            raise ProtocolError(f"a nanny has no handler for message type {msg[0]}")
-        handler(conn, *msg[1:])
+        self._handlers(conn, msg)
 
     def _plugin(self, conn: Connection, name: str, payload: Any) -> str:
         try:

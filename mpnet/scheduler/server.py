@@ -27,11 +27,11 @@ from ..comm.addressing import format_address, outward_host, parse_address
 from ..comm.auth import resolve_token
 from ..comm.connection import Connection, Listener
 from ..comm.eventloop import EventLoop
-from ..comm.protocol import Msg, check_handlers
+from ..comm.protocol import Dispatcher, Msg
 from ..comm.serialize import dumps, dumps_exception, loads
 from ..config import Config, make_config, tune_gc
 from ..deploy.scheduler_file import remove_scheduler_file, write_scheduler_file
-from ..errors import ClusterClosedError, ProtocolError
+from ..errors import ClusterClosedError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import format_mismatches, get_versions, mismatches
@@ -87,7 +87,7 @@ class Scheduler:
         self._closed = threading.Event()
         self.nannies: dict[str, Connection] = {}     # nanny address → connection
         self.restarts: dict[str, int] = {}           # nanny address → worker restarts
-        self._handlers = check_handlers("scheduler", {
+        self._handlers = Dispatcher("scheduler", {
             Msg.REGISTER_CLIENT: self._register_client,
             Msg.SUBMIT: self._submit,
             Msg.RELEASE: self._release,
@@ -257,13 +257,7 @@ class Scheduler:
 
     # --- dispatch ------------------------------------------------------------------
     def _dispatch(self, conn: Connection, msg: list) -> None:
-        handler = self._handlers.get(msg[0])
-        if handler is None:
-            raise ProtocolError(f"the scheduler has no handler for message type {msg[0]}")
-        try:
-            handler(conn, *msg[1:])
-        except TypeError as e:
-            raise ProtocolError(f"malformed {Msg(msg[0]).name} message: {e}") from None
+        self._handlers(conn, msg)
         self._send_outbox()
 
     def _send_outbox(self) -> None:

@@ -27,10 +27,10 @@ from ..comm.addressing import format_address, outward_host, parse_address
 from ..comm.auth import resolve_token
 from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
-from ..comm.protocol import Msg, check_handlers
+from ..comm.protocol import Dispatcher, Msg
 from ..comm.serialize import Payload, dumps, dumps_exception, loads, loads_task_args
 from ..config import Config, make_config
-from ..errors import ClusterClosedError, ProtocolError
+from ..errors import ClusterClosedError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import get_versions
@@ -128,7 +128,7 @@ class Worker:
         self._stopped = threading.Event()       # the loop side has shut down
         self._closed = threading.Event()        # everything is joined and freed
         self._process = psutil.Process()
-        self._handlers = check_handlers("worker", {
+        self._handlers = Dispatcher("worker", {
             Msg.COMPUTE: self._compute,
             Msg.FREE: self._free,
             Msg.STORE: self._store,
@@ -361,13 +361,7 @@ class Worker:
 
     # --- dispatch ------------------------------------------------------------------
     def _dispatch(self, conn: Connection, msg: list) -> None:
-        handler = self._handlers.get(msg[0])
-        if handler is None:
-            raise ProtocolError(f"a worker has no handler for message type {msg[0]}")
-        try:
-            handler(conn, *msg[1:])
-        except TypeError as e:
-            raise ProtocolError(f"malformed {Msg(msg[0]).name} message: {e}") from None
+        self._handlers(conn, msg)
 
     # --- computing -----------------------------------------------------------------
     def _compute(self, conn: Connection, key: str, fn: Payload, args: Payload,

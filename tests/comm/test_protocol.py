@@ -185,3 +185,22 @@ def test_payloads_are_opaque_to_the_scheduler():
     relayed = out[0][2]
     assert isinstance(relayed, Payload) and relayed.header == p.header
     assert pickle.loads(relayed.header) == {"x": 1}
+
+
+def test_dispatcher_checks_types_and_field_counts():
+    from mpnet.comm.protocol import Dispatcher
+    seen = []
+
+    def release(conn, keys):
+        seen.append(keys)
+    d = Dispatcher("scheduler", {Msg.RELEASE: release})
+    d(None, [Msg.RELEASE, ["a"]])
+    assert seen == [["a"]]
+    with pytest.raises(ProtocolError, match="expects 1 to 1"):
+        d(None, [Msg.RELEASE])
+    with pytest.raises(ProtocolError, match="expects 1 to 1"):
+        d(None, [Msg.RELEASE, ["a"], "extra"])
+    with pytest.raises(ProtocolError, match="no handler for message type 31"):
+        d(None, [Msg.FREE, []])
+    with pytest.raises(ValueError):
+        Dispatcher("x", {999: release})
