@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from typing import Any
 
 import click
@@ -28,7 +27,7 @@ from ..comm.auth import resolve_token
 from ..comm.eventloop import EventLoop
 from ..deploy.local import memory_per_worker
 from ..deploy.scheduler_file import DEFAULT_WAIT, read_scheduler_file
-from ..nanny.nanny import Nanny
+from ..nanny.nanny import Nanny, close_all
 from ..worker.worker import Worker
 from .common import (FIREWALL_HELP, Command, Duration, PortRange, Shutdown,
                      check_preload_argv, check_preloads_take_argv, checked_address,
@@ -270,16 +269,7 @@ def _finished(service: Nanny | Worker) -> bool:
 
 def _close(services: list[Nanny | Worker], loop: EventLoop) -> None:
     """Close everything under one deadline: ask every nanny first, then wait for each."""
-    timeout = services[0].config.close_timeout if services else 3.0
-    deadline = time.monotonic() + timeout
-    nannies = [s for s in services if isinstance(s, Nanny)]
-    for nanny in nannies:
-        nanny.begin_close()
-    for nanny in nannies:
-        nanny.finish_close(deadline)
-    for w in services:
-        if isinstance(w, Worker):
-            w.close(timeout=max(0.1, deadline - time.monotonic()))
+    close_all(services, services[0].config.close_timeout if services else 3.0)
     loop.close()
 
 

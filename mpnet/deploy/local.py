@@ -21,7 +21,6 @@ import atexit
 import logging
 import os
 import threading
-import time
 import weakref
 from typing import Any
 
@@ -31,7 +30,7 @@ from ..comm.auth import new_token
 from ..comm.eventloop import EventLoop
 from ..config import Config, make_config, parse_bytes
 from ..errors import ClusterClosedError
-from ..nanny.nanny import Nanny
+from ..nanny.nanny import Nanny, close_all
 from ..scheduler.server import Scheduler
 from ..worker.worker import Worker
 
@@ -162,15 +161,7 @@ class LocalCluster:
 
     def _close_workers(self, workers: list, timeout: float | None = None) -> None:
         """Close many workers in parallel under one deadline (``timeout`` seconds)."""
-        deadline = time.monotonic() + (timeout or self.config.close_timeout)
-        nannies = [w for w in workers if isinstance(w, Nanny)]
-        for n in nannies:
-            n.begin_close()
-        for n in nannies:
-            n.finish_close(deadline)
-        for w in workers:
-            if isinstance(w, Worker):
-                w.close(max(0.1, deadline - time.monotonic()))
+        close_all(workers, timeout or self.config.close_timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop workers (ask, SIGTERM, SIGKILL), the scheduler and the loop. Idempotent."""

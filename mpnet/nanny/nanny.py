@@ -38,7 +38,7 @@ from ..preload import load_preloads
 from .policy import RestartPolicy
 from .process import WorkerProcess, describe_exit
 
-__all__ = ["Nanny"]
+__all__ = ["Nanny", "close_all"]
 
 log = logging.getLogger("mpnet.nanny")
 
@@ -432,3 +432,17 @@ class Nanny:
 
     def __repr__(self) -> str:
         return f"<Nanny {self.id} worker={self.worker_address or '-'} {self._status}>"
+
+
+def close_all(services: list, timeout: float) -> None:
+    """Close nannies and workers in parallel under one deadline (``timeout`` seconds):
+    ask every nanny's worker to stop first, then wait for each, escalating."""
+    deadline = time.monotonic() + timeout
+    nannies = [s for s in services if isinstance(s, Nanny)]
+    for nanny in nannies:
+        nanny.begin_close()
+    for nanny in nannies:
+        nanny.finish_close(deadline)
+    for service in services:
+        if not isinstance(service, Nanny):
+            service.close(max(0.1, deadline - time.monotonic()))
