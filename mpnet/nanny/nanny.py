@@ -115,6 +115,7 @@ class Nanny:
         self._kill_reason = ""
         self._closer: threading.Thread | None = None
         self._finishing = False
+        self._failure_reported = False
         self._started: Future = Future()
         self._status = "created"
         self._lock = threading.Lock()
@@ -305,6 +306,7 @@ class Nanny:
             self._started.set_result(address)
 
     def _worker_failed(self, text: str) -> None:
+        self._failure_reported = True
         log.error("%s: worker failed to start:\n%s", self.id, text)
         if not self._started.done():
             last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
@@ -326,8 +328,12 @@ class Nanny:
         proc.release()
         self.worker_address = ""
         if not self._started.done():
+            hint = ("" if self._failure_reported else
+                    ". If the script that starts the cluster does so at import time, put "
+                    "that code under 'if __name__ == \"__main__\":' (worker processes "
+                    "import the script)")
             self._started.set_exception(MpnetError(
-                f"the worker process (pid {pid}) died while starting: {how}"))
+                f"the worker process (pid {pid}) died while starting: {how}{hint}"))
             self._status = "closing"
             return
         if leaving in ("scheduler-gone", "retired") and not planned:

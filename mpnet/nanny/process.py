@@ -200,7 +200,7 @@ class WorkerProcess:
         (``time.monotonic()``) at most, plus a short wait after SIGKILL.
         """
         proc = self.process
-        if proc is None or self.released:
+        if proc is None or self.released or proc.pid is None:   # never started
             return self.exitcode
         proc.join(max(0.0, deadline - time.monotonic()) * 0.6)
         if proc.is_alive():

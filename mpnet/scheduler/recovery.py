@@ -137,8 +137,12 @@ class Recovery:
                 self._wait_for_inputs(ts)
 
     def _data_lost(self, ts: TaskState) -> None:
-        """The only copy of ``ts``'s result is gone: recompute it if anyone needs it."""
-        if not self._needed(ts):
+        """The only copy of ``ts``'s result is gone: recompute it if anyone needs it.
+
+        Clients that received the value itself with the completion still have it: for
+        them nothing is recomputed now (the recipe is kept, in case a task needs it)."""
+        if not self._needed(ts) or (ts.who_wants <= ts.inline_to and not any(
+                d.state in ACTIVE for d in ts.dependents)):
             self._to(ts, "released")
             self._maybe_forget(ts)
             return

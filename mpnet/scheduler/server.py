@@ -472,7 +472,10 @@ class Scheduler:
         log.warning("worker %s exited: %s", address, description)
         if restarting and isinstance(conn.owner_data, str):
             self.restarts[conn.owner_data] = self.restarts.get(conn.owner_data, 0) + 1
-        self.state.worker_exited(address, description)
+        was_there = address in self.state.workers
+        self.state.worker_exited(address, description)     # removes it, with its exit
+        if was_there:
+            call_hook(self.plugins, "remove_worker", self, address)
 
     def _restart(self, conn: Connection, req_id: int, addresses: list | None,
                  timeout: float) -> None:

@@ -170,6 +170,8 @@ class SchedulerState(Placement, Recovery, Actors):
         ws.has_what.add(ts)
         ws.nbytes += nbytes
         self.counts["finished"] += 1
+        if payload is not None and ts.who_wants:
+            ts.inline_to = frozenset(ts.who_wants)
         for cs in ts.who_wants:
             self._send(cs, [Msg.TASK_DONE, key, payload, ws.address, nbytes])
         for dep in ts.dependents:

@@ -15,7 +15,7 @@ class TaskState:
     __slots__ = ("key", "state", "fn", "args", "dependencies", "dependents", "waiting_on",
                  "who_has", "processing_on", "who_wants", "priority", "retries", "nbytes",
                  "exception", "traceback", "lost", "failed_on", "scattered", "resources",
-                 "restrict", "__weakref__")
+                 "restrict", "inline_to", "__weakref__")
 
     def __init__(self, key: str, fn: Any, args: Any, priority: tuple, retries: int):
         self.key = key
@@ -37,6 +37,7 @@ class TaskState:
         self.scattered = False
         self.resources: dict | None = None     # e.g. {"GPU": 1}: held while it runs
         self.restrict: set | None = None       # worker addresses or names it may run on
+        self.inline_to: frozenset = frozenset()  # clients that got the value itself
 
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"

@@ -36,11 +36,16 @@ def submit(state, client, key, deps=(), priority=0, retries=0) -> list:
     return state.take_outbox()
 
 
-def finish(state, key, payload=None, nbytes=1, ws=None) -> list:
-    """The worker running ``key`` reports it done; returns what that caused."""
+def finish(state, key, payload=None, nbytes=1, ws=None, inline=True) -> list:
+    """The worker running ``key`` reports it done; returns what that caused.
+    ``inline=False``: the result was too large to travel with the completion."""
     ws = ws or state.tasks[key].processing_on
     assert ws is not None, f"{key} is not processing anywhere"
-    state.task_finished(ws, key, f"result-{key}" if payload is None else payload, nbytes)
+    if inline:
+        payload = f"result-{key}" if payload is None else payload
+    else:
+        payload = None
+    state.task_finished(ws, key, payload, nbytes)
     return state.take_outbox()
 
 
@@ -694,12 +699,26 @@ def test_lost_data_nobody_needs_is_dropped_quietly():
 def test_lost_result_wanted_by_client_is_recomputed():
     state, (w1, w2), c = cluster(2)
     submit(state, c, "x")
-    finish(state, "x")
+    finish(state, "x", inline=False)          # large: the client must fetch it
     state.remove_worker("w1", "gone")
     out = state.take_outbox()
     assert computes(out) == [("w2", "x")]
     out = finish(state, "x", payload="again")
     assert messages(out, Msg.TASK_DONE, c) == [[Msg.TASK_DONE, "x", "again", "w2", 1]]
+    check_invariants(state)
+
+
+def test_lost_result_the_client_already_holds_is_not_recomputed_until_needed():
+    state, (w1, w2), c = cluster(2)
+    submit(state, c, "x")
+    finish(state, "x")                        # small: the value went to the client
+    state.remove_worker("w1", "gone")
+    assert computes(state.take_outbox()) == []
+    assert state.tasks["x"].state == "released"
+    out = submit(state, c, "y", deps=["x"])   # a task needs it on a worker: recompute
+    assert computes(out) == [("w2", "x")]
+    out = finish(state, "x")
+    assert computes(out) == [("w2", "y")]
     check_invariants(state)
 
 
@@ -751,7 +770,7 @@ def test_chains_lost_with_a_worker_are_recomputed_on_the_survivors():
     for i in range(chains):
         for j in range(length):
             submit(state, c, f"c{i}-t{j}", deps=[f"c{i}-t{j - 1}"] if j else [])
-            finish(state, f"c{i}-t{j}")
+            finish(state, f"c{i}-t{j}", inline=False)
     assert all(ts.who_has == {w1} for ts in state.tasks.values())
     state.remove_worker("w1", "gone")
     out = state.take_outbox()
