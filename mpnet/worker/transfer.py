@@ -1,0 +1,138 @@
+"""Moving data in and out of a worker: inputs fetched from peers, results served to
+peers and clients, scattered data stored, copies taken from retiring workers.
+
+Mixed into :class:`~.worker.Worker`; loop thread only. Inputs a task needs that live
+elsewhere are fetched with one GET_DATA per holder; a fetched input is kept while local
+tasks use it ("borrowed") and dropped after, unless the scheduler placed it here.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from ..comm.connection import Connection, connect
+from ..comm.protocol import Msg
+from ..comm.serialize import Payload
+
+__all__ = ["Transfer"]
+
+log = logging.getLogger("mpnet.worker")
+
+
+class Transfer:
+    if TYPE_CHECKING:
+        from .store import DataStore
+        store: DataStore
+        tasks: dict
+        loop: Any
+        config: Any
+        token: str | None
+        address: str
+        scheduler: Any
+        _owned: set
+        _borrowed: dict
+        _fetching: dict
+        _peers: dict
+
+    def _fetch(self, holder: str, keys: list[str]) -> None:
+        peer = self._peer(holder)
+
+        def connected(fut: Future) -> None:
+            if fut.exception() is not None:
+                self._fetch_failed(keys, holder)
+                return
+            fut.result().request(Msg.GET_DATA, keys).add_done_callback(got)
+
+        def got(fut: Future) -> None:
+            if fut.exception() is not None:
+                self._fetch_failed(keys, holder)
+                return
+            received = dict(fut.result())
+            for dep in keys:
+                if dep in received:
+                    self._arrived(dep, received[dep])
+            lost = [dep for dep in keys if dep not in received]
+            if lost:
+                self._fetch_failed(lost, holder)
+        peer.add_done_callback(lambda f: self.loop.call_soon(connected, f)
+                               if self.loop.in_loop_thread() else
+                               self.loop.call_soon_threadsafe(connected, f))
+
+    def _arrived(self, dep: str, payload: Payload) -> None:
+        waiting = self._fetching.pop(dep, [])
+        users = [self.tasks[k] for k in waiting if k in self.tasks]
+        if not users or self._stopped.is_set():
+            return
+        self.store.put(dep, payload=payload)
+        self._borrowed[dep] = self._borrowed.get(dep, 0) + len(users)
+        for task in users:
+            task.missing.discard(dep)
+            if not task.missing:
+                self._run_task(task)
+
+    def _fetch_failed(self, deps: list[str], holder: str) -> None:
+        for dep in deps:
+            for key in self._fetching.pop(dep, []):
+                if self.tasks.pop(key, None) is not None and self.scheduler is not None:
+                    self.scheduler.send([Msg.MISSING_DATA, key, dep, holder])
+
+    def _free(self, conn: Connection, keys: list) -> None:
+        for key in keys:
+            task = self.tasks.pop(key, None)
+            if task is not None:
+                self._release_inputs(task)
+            self._owned.discard(key)
+            if key not in self._borrowed:
+                self.store.pop(key)
+
+    def _store(self, conn: Connection, req_id: int, key: str, payload: Payload) -> None:
+        self.store.put(key, payload=payload)
+        self._owned.add(key)
+        conn.reply(req_id, True, None)
+
+    def _acquire(self, conn: Connection, req_id: int, items: list) -> None:
+        """Copy keys from the workers holding them (a retiring worker); reply the keys
+        now held here."""
+        by_holder: dict[str, list[str]] = {}
+        for key, holders in items:
+            if key not in self.store and holders:
+                by_holder.setdefault(holders[0], []).append(key)
+        if not by_holder:
+            conn.reply(req_id, True, [k for k, _ in items if k in self.store])
+            return
+        remaining = [len(by_holder)]
+
+        def got(fut: Future) -> None:
+            if fut.exception() is None:
+                for key, payload in fut.result():
+                    self.store.put(key, payload=payload)
+                    self._owned.add(key)
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                conn.reply(req_id, True, [k for k, _ in items if k in self.store])
+
+        for holder, keys in by_holder.items():
+            self._peer(holder).add_done_callback(
+                lambda f, keys=keys: f.result().request(Msg.GET_DATA, keys)
+                .add_done_callback(got) if f.exception() is None else got(f))
+
+    def _peer(self, address: str) -> Future:
+        """A (cached) connection to another worker; the future resolves on the loop."""
+        peer = self._peers.get(address)
+        if peer is None or (peer.done() and (peer.exception() or peer.result().closed)):
+            peer = self._peers[address] = connect(
+                self.loop, address, config=self.config, token=self.token, role="worker",
+                info={"address": self.address}, handler=self._dispatch, timeout=2.0)
+        return peer
+
+    def _get_data(self, conn: Connection, req_id: int, keys: list) -> None:
+        found = []
+        for key in keys:
+            if key in self.store:
+                try:
+                    found.append([key, self.store.payload(key)])
+                except Exception as e:
+                    log.error("cannot serialize %s for a peer: %s", key, e)
+        conn.reply(req_id, True, found)
