@@ -351,3 +351,19 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
             proc.wait(5)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def big_block(i):
+    return bytes([i % 256]) * (256 * 1024)      # above the inline limit: stays on its worker
+
+
+def test_large_results_lost_before_they_are_fetched_come_back():
+    with LocalCluster(n_workers=2) as cluster, Client(cluster) as client:
+        futures = client.map(big_block, range(20))
+        client.wait(futures, timeout=30)
+        assert all(f._needs_fetch() for f in futures)
+        victim = sorted(worker_pids(client).items())[0][1]
+        os.kill(victim, signal.SIGKILL)
+        values = client.gather(futures, timeout=60)
+        assert [v[0] for v in values] == [i % 256 for i in range(20)]
+        assert all(len(v) == 256 * 1024 for v in values)

@@ -46,6 +46,10 @@ log = logging.getLogger("mpnet.client")
 _FN_CACHE_SIZE = 1024
 
 
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 def _funcname(fn: Any) -> str:
     name = getattr(fn, "__name__", None) or type(fn).__name__
     return name if name != "<lambda>" else "lambda"
@@ -340,27 +344,41 @@ class Client(ActorMixin, OperationsMixin):
         return rebuild(futures, values, skip=errors == "skip")
 
     def _fetch(self, futures: list[Future], timeout: float | None) -> list:
-        """Fetch large results directly from the workers holding them."""
+        """Fetch large results directly from the workers holding them.
+
+        A worker may die (or drop a value) before we fetch: the scheduler then computes
+        the value again and tells us where it is now, and we fetch it from there.
+        """
         if self.loop.in_loop_thread():
             raise RuntimeError("result() of a large value cannot be fetched from a done-"
                                "callback (it runs on the client's loop); call it elsewhere")
-        by_worker: dict[str, list[Future]] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = [f for f in futures if isinstance(f._result, Remote)]
+        while pending:
+            by_worker: dict[str, list[Future]] = {}
+            for f in pending:
+                by_worker.setdefault(f._result.worker, []).append(f)
+            requests = {w: self.loop.run_sync(self._get_data, w, [f.key for f in fs])
+                        for w, fs in by_worker.items()}
+            pending = []
+            for worker, request in requests.items():
+                try:
+                    got = dict(request.result(_remaining(deadline)))
+                except (CommClosedError, OSError, TimeoutError):
+                    got = {}
+                for f in by_worker[worker]:
+                    if f.key in got:
+                        f._set_value(loads(got[f.key], what=f"result of {f.key}"))
+                    elif f._wait_moved(worker, deadline):
+                        if isinstance(f._result, Remote):
+                            pending.append(f)
+                    else:
+                        raise WorkerLostError(
+                            f"could not fetch {f.key} from worker {worker}, which probably "
+                            f"died, and it was not computed again within {timeout}s")
         for f in futures:
-            value = f._result
-            if isinstance(value, Remote):
-                by_worker.setdefault(value.worker, []).append(f)
-        requests = {w: self.loop.run_sync(self._get_data, w, [f.key for f in fs])
-                    for w, fs in by_worker.items()}
-        for worker, fut in requests.items():
-            try:
-                got = dict(fut.result(timeout))
-            except (CommClosedError, OSError, TimeoutError) as e:
-                raise WorkerLostError(f"could not fetch results from worker {worker}: {e}. "
-                                      "The worker probably died; resubmit the task.") from None
-            for f in by_worker[worker]:
-                if f.key not in got:
-                    raise WorkerLostError(f"worker {worker} no longer holds {f.key}")
-                f._set_value(loads(got[f.key], what=f"result of {f.key}"))
+            if f._exception is not None:
+                raise f._exception
         return [f._result for f in futures]
 
     def _get_data(self, worker: str, keys: list[str]) -> cf.Future:

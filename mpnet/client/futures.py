@@ -135,13 +135,32 @@ class Future(BaseFuture):
         with self._condition:
             if self._state == cf._base.FINISHED and self._exception is None:
                 self._result = value          # a fetched or recomputed value: keep it
+                self._condition.notify_all()  # a fetch waiting for the new place wakes
                 return
         if not self.done():
             self.set_result(value)
 
     def _set_error(self, exc: BaseException) -> None:
+        with self._condition:
+            if self._state == cf._base.FINISHED and isinstance(self._result, Remote):
+                # Done, but its value was lost before we fetched it and cannot come back.
+                self._result, self._exception = None, exc
+                self._condition.notify_all()
+                return
         if not self.done():
             self.set_exception(exc)
+
+    def _wait_moved(self, worker: str, deadline: float | None) -> bool:
+        """After a failed fetch from ``worker``: wait (until ``deadline``) for the
+        scheduler to say where the value is now, or that it failed. False on timeout."""
+        with self._condition:
+            while (isinstance(self._result, Remote) and self._result.worker == worker
+                   and self._exception is None):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._condition.wait(0.5 if left is None else min(left, 0.5))
+        return True
 
     def _set_cancelled(self, reason: str) -> None:
         """Loop thread only (so two cancellations never race)."""
