@@ -127,6 +127,10 @@ class _TaskUnpickler(pickle.Unpickler):
 
 def dumps_task_args(args: tuple, kwargs: dict, *, oob_threshold: int) -> tuple[Payload, list]:
     """Pickle ``(args, kwargs)``; return the payload and the dependency keys found."""
+    if all(map(_plain, args)) and all(map(_plain, kwargs.values())):
+        # The common case (a few numbers or strings): the C pickler alone, 4x faster
+        # than setting up cloudpickle's; no futures can hide in plain scalars.
+        return Payload(PICKLE, pickle.dumps((args, kwargs), protocol=5), []), []
     deps: list = []
     buffers: list = []
     bio = io.BytesIO()
