@@ -126,7 +126,22 @@ def _service_options(o: dict, preload_argv: tuple[str, ...]) -> tuple[dict, list
             share_ports(o["nanny_port"], n, "--nanny-port"))
 
 
+def _gpu_shares(text: str | None, n: int) -> list:
+    """``"0,1,2,3"`` for 2 workers → ``[["0", "1"], ["2", "3"]]``; None → no GPUs."""
+    if not text:
+        return [None] * n
+    ids = [g.strip() for g in text.split(",") if g.strip()]
+    if not ids or len(ids) % n:
+        raise click.BadParameter(f"{len(ids)} GPUs cannot be shared out evenly among "
+                                 f"{n} workers", param_hint="'--gpus'")
+    per = len(ids) // n
+    return [ids[i * per:(i + 1) * per] for i in range(n)]
+
+
 def _check_combinations(o: dict) -> None:
+    if o["gpus"] and not o["nanny"]:
+        raise click.UsageError("--gpus needs --nanny: each worker process gets its own "
+                               "CUDA_VISIBLE_DEVICES")
     if o["listen_address"] and (o["host"] or o["interface"] or o["worker_port"]):
         raise click.UsageError("--listen-address replaces --host, --interface and "
                                "--worker-port: give one or the other")
@@ -166,6 +181,10 @@ def _check_combinations(o: dict) -> None:
                    "machine, 4GiB, or 0 for no limit.")
 @click.option("--resources", default=None, metavar='"NAME=N ..."',
               help='Abstract resources tasks can ask for, e.g. "GPU=2 db=1".')
+@click.option("--gpus", default=None, metavar="0,1,...",
+              help="GPU ids shared out among --nworkers (one each when the counts "
+                   "match): each worker sees only its own (CUDA_VISIBLE_DEVICES) and "
+                   "offers that many GPU resources. Needs --nanny.")
 @click.option("--worker-port", type=PortRange(), default=None,
               help="Port or range (9000:9100) for the workers, shared out among "
                    "--nworkers  [default: random]")
@@ -219,6 +238,7 @@ def worker(**o: Any) -> None:
                                              o["death_timeout"] or DEFAULT_WAIT)
     kwargs["token"] = resolve_token(explicit, scheduler_file_token=file_token)
     n = o["nworkers"]
+    gpus = _gpu_shares(o["gpus"], n)
 
     loop = EventLoop("mpnet-worker-cli-loop")
     services: list[Nanny | Worker] = []
@@ -231,7 +251,8 @@ def worker(**o: Any) -> None:
                         services.append(Nanny(
                             address, name=name, port=nanny_ports[i],
                             worker_port=worker_ports[i], preload_nanny=list(o["preload_nanny"]),
-                            preload_nanny_argv=list(preload_argv), loop=loop, **kwargs))
+                            preload_nanny_argv=list(preload_argv), gpus=gpus[i], loop=loop,
+                            **kwargs))
                     else:
                         services.append(Worker(address, name=name, port=worker_ports[i],
                                                loop=loop, **kwargs))

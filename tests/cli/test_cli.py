@@ -333,6 +333,20 @@ def test_port_ranges_are_shared_out(cmd):
     assert cmd.finish(sched, signal.SIGTERM)[0] == 0
 
 
+def test_gpus_are_shared_out_one_per_worker(cmd):
+    sched, info = cmd.scheduler()
+    worker = cmd.start("worker", info["address"], "--nworkers", "2", "--nthreads", "1",
+                       "--gpus", "4,7")
+    with Client(info["address"], timeout=WAIT) as client:
+        wait_for(lambda: worker_count(client) == 2, timeout=WAIT, what="2 workers")
+        seen = client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
+        assert sorted(seen.values()) == ["4", "7"]
+        assert all(w["resources"] == {"GPU": 1}
+                   for w in client.scheduler_info()["workers"].values())
+        assert cmd.finish(worker, signal.SIGINT)[0] == 0
+    assert cmd.finish(sched, signal.SIGTERM)[0] == 0
+
+
 FAKE_VERSION_PRELOAD = """\
     import mpnet.versions
 
