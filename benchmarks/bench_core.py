@@ -258,15 +258,8 @@ ROWS = [("latency_ms", "latency, ms/call", "{:.3f}"),
         ("cold_s", "cold start, s", "{:.3f}")]
 
 
-def report(results, n, args):
-    header = ["metric"] + [f"{k} ({r.get('version', '-')})" for k, r in results.items()]
-    body = [[label.replace("N", f"{n:,}")]
-            + ["skipped" if "skipped" in r
-               else "n/a" if r.get(key) is None else fmt.format(r[key])
-               for r in results.values()]
-            for key, label, fmt in ROWS]
-    title = (f"2 procs x 1 thread, N={n:,}, median of {args.runs} run(s), "
-             f"{os.cpu_count()} cores, Python {platform.python_version()}")
+def print_table(title, header, body):
+    """A table with rich when it is installed, plain aligned text otherwise."""
     try:
         from rich.console import Console
         from rich.table import Table
@@ -282,6 +275,18 @@ def report(results, n, args):
         for row in [header] + body:
             print("  ".join(c.rjust(w) if i else c.ljust(w)
                             for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def report(results, n, args):
+    header = ["metric"] + [f"{k} ({r.get('version', '-')})" for k, r in results.items()]
+    body = [[label.replace("N", f"{n:,}")]
+            + ["skipped" if "skipped" in r
+               else "n/a" if r.get(key) is None else fmt.format(r[key])
+               for r in results.values()]
+            for key, label, fmt in ROWS]
+    title = (f"2 procs x 1 thread, N={n:,}, median of {args.runs} run(s), "
+             f"{os.cpu_count()} cores, Python {platform.python_version()}")
+    print_table(title, header, body)
 
     ratios = {}
     m, p = results["mpnet"], results["ppe"]

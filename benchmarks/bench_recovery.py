@@ -64,7 +64,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)   # benchmark this checkout, installed or not (children: PYTHONPATH)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_core import leftover_children
+from bench_core import leftover_children, print_table
 
 DETECT_TARGET_S, REPLACE_TARGET_S, JOB_TARGET_S = 0.1, 0.5, 5.4
 JOB_TASKS, TASK_S, KILL_AT_S = 200, 0.05, 1.0
@@ -329,24 +329,6 @@ def run_backend(name, args, tmpdir):
 
 
 # --- reporting -------------------------------------------------------------------------
-def print_table(title, header, body):
-    try:
-        from rich.console import Console
-        from rich.table import Table
-        table = Table(title=title)
-        for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i == 0 else "right")
-        for row in body:
-            table.add_row(*row)
-        Console(width=max(100, Console().width)).print(table)
-    except ImportError:
-        print(title)
-        widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-        for row in [header] + body:
-            print("  ".join(c.rjust(w) if i else c.ljust(w)
-                            for i, (c, w) in enumerate(zip(row, widths))))
-
-
 def report(results, args):
     def cell(name, r, key):
         if "skipped" in r:
