@@ -9,6 +9,7 @@ from .client.client import Client
 from .client.futures import Future, as_completed, wait
 from .config import Config
 from .deploy.local import LocalCluster
+from .diagnostics.progress import progress
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
                      CommClosedError, ConnectTimeoutError, KilledWorkerError, MpnetError,
                      ProtocolError, SerializationError, UnsatisfiableError,
@@ -28,7 +29,7 @@ def get_actor(name: str, client: Client | None = None, timeout: float | None = N
 
 __all__ = [
     "Client", "Future", "LocalCluster", "Scheduler", "Worker", "Nanny", "Config",
-    "wait", "as_completed", "SchedulerPlugin", "WorkerPlugin", "NannyPlugin",
+    "wait", "as_completed", "progress", "SchedulerPlugin", "WorkerPlugin", "NannyPlugin",
     "ActorHandle", "ActorFuture", "get_actor", "get_actor_context", "get_client",
     "get_worker", "UnsatisfiableError",
     "MpnetError", "ProtocolError", "AuthenticationError", "CommClosedError",
