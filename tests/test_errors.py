@@ -169,3 +169,31 @@ def test_nothing_is_unpickled_before_authentication(cluster, monkeypatch):
         reply = s.recv(4096)
         assert b"refused" in reply
     assert loaded == []
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"resources": "GPU"}, "resources= must be a dict"),
+    ({"resources": {"GPU": "one"}}, "resources= must be a dict"),
+    ({"workers": [1, 2]}, "workers= must be worker addresses"),
+    ({"priority": "high"}, "priority= must be an integer"),
+    ({"retries": -1}, "retries= must be 0 or more"),
+])
+def test_wrong_task_options_fail_at_the_call_not_later(client, options, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        client.submit(inc, 1, **options)
+    if "resources" in options or "workers" in options:      # actors check them too
+        with pytest.raises(TypeError, match=match):
+            client.actor(dict, **options)
+    assert client.submit(inc, 1).result(timeout=10) == 2     # the client is fine after
+
+
+def test_a_single_worker_name_is_not_split_into_letters(client, cluster):
+    address = next(iter(client.scheduler_info()["workers"]))
+    assert client.submit(inc, 1, workers=address).result(timeout=10) == 2
+
+
+def test_wrong_actor_options(client):
+    with pytest.raises(ValueError, match="max_concurrency"):
+        client.actor(dict, max_concurrency=0)
+    with pytest.raises(TypeError, match="needs a class"):
+        client.actor(len)

@@ -60,13 +60,21 @@ class ActorMixin:
             raise ValueError(f"lifetime must be None or 'detached', not {lifetime!r}")
         if lifetime == "detached" and name is None:
             raise ValueError("a detached actor needs a name= to be found again")
+        from .client import task_options
+        resources, workers = task_options(resources, workers)
+        for name_, value in (("max_restarts", max_restarts),
+                             ("max_task_retries", max_task_retries),
+                             ("max_concurrency", max_concurrency)):
+            if not isinstance(value, int) or value < (1 if name_ == "max_concurrency" else 0):
+                raise ValueError(f"{name_}= must be an integer of at least "
+                                 f"{1 if name_ == 'max_concurrency' else 0}, not {value!r}")
         methods, _ = actor_methods(cls)
         key = f"{cls.__name__}-{uuid.uuid4().hex[:16]}"
         args_payload, _ = encode_args(args, kwargs, oob_threshold=self.config.oob_threshold)
         if not hasattr(args_payload, "header"):       # plain lists: still one payload
             args_payload = dumps((args, kwargs), what="actor arguments")
         options = {"max_restarts": max_restarts, "max_concurrency": max_concurrency,
-                   "resources": resources or None, "workers": list(workers or ()) or None,
+                   "resources": resources, "workers": workers,
                    "lifetime": lifetime, "methods": sorted(methods),
                    "cls_name": cls.__name__}
         self._hold_actor(key)

@@ -46,6 +46,28 @@ log = logging.getLogger("mpnet.client")
 _FN_CACHE_SIZE = 1024
 
 
+def task_options(resources: Any, workers: Any, priority: Any = 0,
+                 retries: Any = 0) -> tuple[dict | None, list | None]:
+    """Check what submit/actor take, here and now: a wrong type sent on would fail at
+    the scheduler, far from the caller, and the future would wait forever."""
+    if resources is not None:
+        if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
+                for k, v in resources.items()):
+            raise TypeError(f"resources= must be a dict of names to amounts, like "
+                            f"{{'GPU': 1}}, not {resources!r}")
+    if workers is not None:
+        workers = [workers] if isinstance(workers, str) else list(workers)
+        if not all(isinstance(w, str) for w in workers):
+            raise TypeError(f"workers= must be worker addresses or names, not {workers!r}")
+    for name, value in (("priority", priority), ("retries", retries)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name}= must be an integer, not {value!r}")
+    if retries < 0:
+        raise ValueError(f"retries= must be 0 or more, not {retries}")
+    return resources or None, workers or None
+
+
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
@@ -285,6 +307,7 @@ class Client(ActorMixin, OperationsMixin):
         self._check_open("submit")
         if not callable(fn):
             raise TypeError(f"submit() needs a callable first, not {type(fn).__name__}")
+        resources, workers = task_options(resources, workers, priority, retries)
         if actor:
             return self._submit_actor(fn, args, kwargs, resources=resources, workers=workers)
         if key is not None:
@@ -298,7 +321,7 @@ class Client(ActorMixin, OperationsMixin):
         fut = Future(key, self)
         self._futures[key] = fut
         self._send([Msg.SUBMIT, key, fn_payload, args_payload, deps, priority, retries,
-                    resources or None, list(workers) if workers else None])
+                    resources, workers])
         return fut
 
     def map(self, fn: Callable, /, *iterables: Iterable, key: str | list | None = None,

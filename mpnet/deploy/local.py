@@ -82,6 +82,9 @@ class LocalCluster:
         self.processes = processes
         self.threads_per_worker = threads_per_worker
         self.memory_limit = memory_per_worker(memory_limit, n_workers)
+        if resources is not None:
+            from ..client.client import task_options
+            task_options(resources, None)      # the same check tasks get, at once
         self.resources = resources
         self.gpus = list(gpus) if gpus is not None else None
         self.lifetime = dict(lifetime=lifetime, lifetime_stagger=lifetime_stagger,

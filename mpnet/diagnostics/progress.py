@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-from typing import Any, Iterable
+from typing import Iterable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
