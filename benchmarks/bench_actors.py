@@ -51,7 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)   # benchmark this checkout, installed or not (children: PYTHONPATH)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_core import leftover_children, print_table
+from bench_core import leftover_children, print_notes, print_table
 
 LATENCY_TARGET_MS = 0.15
 THROUGHPUT_TARGET = 20_000
@@ -253,11 +253,7 @@ def report(results, args):
             if "skipped" not in r and r:
                 print(f"{k}/mpnet: latency {r['latency_ms'] / m['latency_ms']:.1f}x, "
                       f"mpnet/{k} throughput {m['pipelined_cps'] / r['pipelined_cps']:.1f}x")
-    for k, r in results.items():
-        if "skipped" in r:
-            print(f"{k}: skipped ({r['skipped']})")
-        if r.get("leftover"):
-            print(f"WARNING: {k} left processes running: {', '.join(r['leftover'])}")
+    print_notes(results)
     return ratios
 
 

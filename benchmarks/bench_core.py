@@ -277,6 +277,15 @@ def print_table(title, header, body):
                             for i, (c, w) in enumerate(zip(row, widths))))
 
 
+def print_notes(results):
+    """Say which backends were skipped and which left processes behind."""
+    for k, r in results.items():
+        if "skipped" in r:
+            print(f"{k}: skipped ({r['skipped']})")
+        if r.get("leftover"):
+            print(f"WARNING: {k} left processes running: {', '.join(r['leftover'])}")
+
+
 def report(results, n, args):
     header = ["metric"] + [f"{k} ({r.get('version', '-')})" for k, r in results.items()]
     body = [[label.replace("N", f"{n:,}")]
@@ -299,11 +308,7 @@ def report(results, n, args):
     if m.get("cold_s") is not None:
         ok = "MET" if m["cold_s"] < COLD_TARGET_S else "MISSED"
         print(f"mpnet cold start: {m['cold_s']:.3f} s, target < {COLD_TARGET_S} s: {ok}")
-    for k, r in results.items():
-        if "skipped" in r:
-            print(f"{k}: skipped ({r['skipped']})")
-        if r.get("leftover"):
-            print(f"WARNING: {k} left processes running: {', '.join(r['leftover'])}")
+    print_notes(results)
     return ratios
 
 

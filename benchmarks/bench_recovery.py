@@ -64,7 +64,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)   # benchmark this checkout, installed or not (children: PYTHONPATH)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_core import leftover_children, print_table
+from bench_core import leftover_children, print_notes, print_table
 
 DETECT_TARGET_S, REPLACE_TARGET_S, JOB_TARGET_S = 0.1, 0.5, 5.4
 JOB_TASKS, TASK_S, KILL_AT_S = 200, 0.05, 1.0
@@ -368,11 +368,7 @@ def report(results, args):
         print(f"mpnet job: {m['job_s']:.3f} s (results {m['job_results']}), "
               f"ideal {JOB_TASKS * TASK_S / 2:.1f} s, target < {JOB_TARGET_S} s with every "
               f"result exact: {ok}")
-    for k, r in results.items():
-        if "skipped" in r:
-            print(f"{k}: skipped ({r['skipped']})")
-        if r.get("leftover"):
-            print(f"WARNING: {k} left processes running: {', '.join(r['leftover'])}")
+    print_notes(results)
 
 
 def main():
