@@ -5,6 +5,7 @@
     MpnetError
      ├── ProtocolError            a peer broke the wire protocol (one connection closes)
      ├── AuthenticationError      the peer does not hold the cluster's token
+     │    └── TokenFileError      a token file is empty, unreadable or open to others
      ├── CommClosedError          a connection closed while something waited on it
      │    └── ConnectTimeoutError nothing answered at an address within the timeout
      ├── SerializationError       an object could not be pickled / unpickled
@@ -31,6 +32,7 @@ __all__ = [
     "MpnetError",
     "ProtocolError",
     "AuthenticationError",
+    "TokenFileError",
     "CommClosedError",
     "ConnectTimeoutError",
     "SerializationError",
@@ -55,6 +57,11 @@ class ProtocolError(MpnetError):
 
 class AuthenticationError(MpnetError):
     """The peer did not prove it holds the cluster's token (or we could not)."""
+
+
+class TokenFileError(AuthenticationError):
+    """A token file (or scheduler file) is empty, unreadable, or open to other users:
+    mpnet refuses it rather than run without authentication or with a leaked token."""
 
 
 class CommClosedError(MpnetError):

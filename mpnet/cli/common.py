@@ -32,9 +32,9 @@ import psutil
 
 from .. import __version__
 from ..comm.addressing import parse_address, parse_port_range
-from ..comm.auth import new_token
+from ..comm import auth
 from ..deploy.scheduler_file import StaleSchedulerFileError
-from ..errors import MpnetError
+from ..errors import MpnetError, TokenFileError
 from ..preload import PreloadError
 
 __all__ = ["Command", "Group", "version_option", "service_errors", "check_preload_argv",
@@ -210,29 +210,15 @@ def choose_host(host: str | None, interface: str | None) -> str | None:
 
 
 def read_token_file(path: str, *, create: bool = False) -> str:
-    """The token in ``path``; ``create`` writes a new one (mode 0600) if it is missing."""
-    target = Path(path).expanduser()
+    """``--token-file``: the token in ``path`` (``create`` writes one if it is missing);
+    an empty, unreadable or world-readable file is a usage error naming it."""
     try:
-        text = target.read_text().strip()
+        return auth.read_token_file(path, create=create)
     except FileNotFoundError:
-        if not create:
-            raise click.BadParameter(f"{target} does not exist",
-                                     param_hint="'--token-file'") from None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        token = new_token()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        log.info("wrote a new cluster token to %s", target)
-        return token
-    except OSError as e:
-        raise click.BadParameter(f"cannot read {target}: {e.strerror}",
+        raise click.BadParameter(f"{Path(path).expanduser()} does not exist",
                                  param_hint="'--token-file'") from None
-    if not text:
-        raise click.BadParameter(f"{target} is empty", param_hint="'--token-file'")
-    if target.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("token file %s can be read by other users: chmod 600 %s", target, target)
-    return text
+    except (TokenFileError, OSError) as e:
+        raise click.BadParameter(str(e), param_hint="'--token-file'") from None
 
 
 # --- process plumbing ---------------------------------------------------------------

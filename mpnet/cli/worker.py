@@ -221,6 +221,10 @@ def _check_combinations(o: dict) -> None:
               help="Run this module's mpnet_setup(nanny) in the nanny. Repeatable.")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="Read the cluster token from this file.")
+@click.option("--auth/--no-auth", default=True, show_default=True,
+              help="--no-auth joins a scheduler started with --no-auth (a worker holding "
+                   "a token refuses a scheduler that asks for none) and lets anyone who "
+                   "reaches this worker's port talk to it.")
 @version_option("mpnet-worker")
 @click.argument("address", required=False)
 @click.argument("preload_argv", nargs=-1, type=click.UNPROCESSED,
@@ -233,10 +237,20 @@ def worker(**o: Any) -> None:
     _check_combinations(o)
     check_preload_argv(preload_argv, [*o["preload"], *o["preload_nanny"]])
     kwargs, worker_ports, nanny_ports = _service_options(o, preload_argv)
+    if o["token_file"] and not o["auth"]:
+        raise click.UsageError("--token-file and --no-auth contradict each other")
     explicit = read_token_file(o["token_file"]) if o["token_file"] else None
     address, file_token = _scheduler_address(address, o["scheduler_file"],
                                              o["death_timeout"] or DEFAULT_WAIT)
-    kwargs["token"] = resolve_token(explicit, scheduler_file_token=file_token)
+    if not o["auth"]:
+        kwargs["token"] = False
+    else:
+        with service_errors():
+            kwargs["token"] = resolve_token(explicit, scheduler_file_token=file_token)
+        if kwargs["token"] is None:
+            raise click.UsageError("no cluster token found (--token-file, MPNET_TOKEN, the "
+                                   "scheduler file, ~/.config/mpnet/token): give one, or "
+                                   "--no-auth to join a scheduler that runs without one")
     n = o["nworkers"]
     gpus = _gpu_shares(o["gpus"], n)
 

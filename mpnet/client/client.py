@@ -24,7 +24,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable
 
-from ..comm.auth import resolve_token
+from ..comm.auth import resolve_token, token_arg
 from ..comm.connection import Connection, connect, connect_sync
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Dispatcher, Msg
@@ -95,7 +95,8 @@ class Client(ActorMixin, OperationsMixin):
                 raise TypeError(f"Client() takes an address like 'tcp://host:8786' or a "
                                 f"cluster, not {type(cluster).__name__}")
             address = cluster.scheduler_address
-            token = token or cluster.token
+            if token is None:
+                token = token_arg(cluster.token)
             loop = getattr(cluster, "loop", None)
         if scheduler_file is not None:
             from ..deploy.scheduler_file import read_scheduler_file

@@ -15,22 +15,32 @@ are compared with :func:`hmac.compare_digest`. Only after the verdict does eithe
 decode a real frame, and only then can a payload ever be unpickled.
 
 Where the token comes from, first found wins: an explicit argument, ``MPNET_TOKEN``,
-the scheduler file, the per-user file ``~/.config/mpnet/token`` (mode 0600).
+the scheduler file, the per-user file ``~/.config/mpnet/token`` (mode 0600). ``False``
+(``--no-auth``) is the only way to run without one: an empty or unreadable token file
+is an error naming the file, never "no token". A side that holds a token demands the
+handshake from the other side and checks its proof, every time, reconnects included: a
+server that answers "no auth needed" is refused, since anyone who binds a freed port
+could say that.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
-from ..errors import AuthenticationError, ProtocolError
+from ..errors import AuthenticationError, ProtocolError, TokenFileError
 from .protocol import PROTOCOL_VERSION
 
-__all__ = ["new_token", "token_file_path", "resolve_token", "Handshake", "TOKEN_HELP"]
+__all__ = ["new_token", "token_file_path", "resolve_token", "resolve_server_token", "read_token_file",
+           "check_private", "token_arg", "Handshake", "TOKEN_HELP"]
+
+log = logging.getLogger("mpnet.auth")
 
 MAGIC = "mpnet"
 TOKEN_HELP = ("pass token=... (or --token-file), set MPNET_TOKEN, use the scheduler file, "
@@ -46,28 +56,152 @@ def token_file_path() -> Path:
     return Path(base) / "mpnet" / "token"
 
 
-def resolve_token(explicit: str | None = None, *, scheduler_file_token: str | None = None,
+def token_arg(token: str | None) -> str | bool:
+    """What to hand a child or a sub-service: the token, or ``False`` for no auth."""
+    return token if token else False
+
+
+def resolve_token(explicit: str | bool | None = None, *,
+                  scheduler_file_token: str | None = None,
                   create: bool = False) -> str | None:
-    """The token to use, by the order above; ``create`` makes the per-user file."""
-    if explicit:
-        return explicit
-    env = os.environ.get("MPNET_TOKEN")
+    """The token to use, by the order above; ``None`` means no authentication.
+
+    ``explicit=False`` turns authentication off (the only way to). ``create`` makes the
+    per-user file when it is missing (schedulers); otherwise a missing file gives
+    ``None``, which can only talk to servers that run without authentication.
+    """
+    if explicit is False:
+        return None
+    if explicit is not None and explicit is not True:
+        if not isinstance(explicit, str) or not explicit.strip():
+            raise ValueError(f"token must be a non-empty string (or False to run without "
+                             f"authentication), not {explicit!r}")
+        return explicit.strip()
+    env = os.environ.get("MPNET_TOKEN", "").strip()
     if env:
         return env
     if scheduler_file_token:
         return scheduler_file_token
     path = token_file_path()
     try:
-        return path.read_text().strip() or None
+        return read_token_file(path, create=create)
     except FileNotFoundError:
-        if not create:
-            return None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token = new_token()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+        return None
+
+
+def resolve_server_token(explicit: str | bool | None, role: str, *,
+                         scheduler_file_token: str | None = None) -> str | None:
+    """:func:`resolve_token` for a worker or nanny, which also listens: finding no token
+    is an error unless ``explicit`` is ``False`` (no authentication, said out loud)."""
+    token = resolve_token(explicit, scheduler_file_token=scheduler_file_token)
+    if token is None and explicit is not False:
+        raise AuthenticationError(
+            f"a {role} needs the cluster token and none was found: {TOKEN_HELP}. To join a "
+            f"scheduler that runs without authentication, pass token=False (--no-auth)")
     return token
+
+
+def read_token_file(path: str | os.PathLike, *, create: bool = False) -> str:
+    """The token in ``path``; ``create`` writes a new one (mode 0600) if it is missing.
+
+    Raises :class:`FileNotFoundError` when it is missing (and not created), and
+    :class:`~mpnet.errors.TokenFileError` when it is empty, unreadable, or open to
+    other users.
+    """
+    path = Path(path).expanduser()
+    if create and not path.exists():
+        _create_token_file(path)
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read(64 * 1024)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise TokenFileError(f"cannot read the token file {path}: {e.strerror}. Fix its "
+                             f"permissions (chmod 600 {path}) or point at another with "
+                             f"--token-file / MPNET_TOKEN") from None
+    check_private(path, st, what="token file")
+    try:
+        token = data.decode().strip()
+    except UnicodeDecodeError:
+        token = ""
+    if not token:
+        raise TokenFileError(
+            f"the token file {path} is empty or not text: mpnet will not run without "
+            f"authentication by accident. Delete it (a scheduler writes a new one), write "
+            f"a token into it, or pass --no-auth / token=False if you really want no "
+            f"authentication")
+    return token
+
+
+def check_private(path: Path, st: os.stat_result | None = None, *,
+                  what: str = "token file", folder: bool = True) -> None:
+    """Refuse a secret file other users can read or write, or whose folder they can
+    change (they could swap the file); warn when only the folder is readable."""
+    st = st or os.stat(path)
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TokenFileError(
+            f"the {what} {path} can be read or written by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): anyone who reads it can run code on the "
+            f"cluster. Run: chmod 600 {path}")
+    if not folder:
+        return
+    folder = path.parent
+    try:
+        fst = os.stat(folder)
+    except OSError:
+        return
+    if fst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not fst.st_mode & stat.S_ISVTX:
+        raise TokenFileError(
+            f"the folder {folder} of the {what} {path} can be changed by other users (mode "
+            f"{stat.S_IMODE(fst.st_mode):04o}), who could replace the file. Run: "
+            f"chmod go-w {folder}")
+    if fst.st_mode & (stat.S_IRGRP | stat.S_IROTH) and folder.name == "mpnet":
+        log.warning("the folder %s of the %s can be listed by other users: chmod 700 %s",
+                    folder, what, folder)
+
+
+def _make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and missing parents with mode 0700, whatever the umask."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:    # a racing process made it: fine, leave its mode be
+            continue
+        os.chmod(d, 0o700)
+
+
+def _create_token_file(path: Path) -> None:
+    """Write a new token to a temporary name, then link it into place.
+
+    ``os.link`` fails if the file exists, so two processes racing here never see a
+    half-written file and both end up reading the same token (the first to link)."""
+    _make_private_dirs(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(new_token() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            log.info("wrote a new cluster token to %s", path)
+        except FileExistsError:
+            pass                            # another process won the race: use its file
+        except OSError:                     # no hard links here (some network filesystems)
+            if not path.exists():
+                os.rename(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _mac(token: str, label: bytes, first: bytes, second: bytes) -> bytes:
@@ -144,9 +278,16 @@ class Handshake:
             raise AuthenticationError(
                 f"the {role} at {self.address} requires a token and we have none: "
                 + TOKEN_HELP)
+        if not auth_required and self.token is not None:
+            # A downgrade: whoever bound this port (the real server started with
+            # --no-auth, or anyone after the real one died) wants no proof. Holding a
+            # token, we talk only to servers that prove they hold it too.
+            raise AuthenticationError(
+                f"the {role} at {self.address} does not ask for a token, but we hold "
+                f"one: it is not our cluster, or it runs without authentication. If it "
+                f"really runs with --no-auth, connect with token=False (--no-auth) too")
         proof = _mac(self.token, b"mpnet-client", nonce, self.nonce) if self.token else b""
         self._step = 1
-        self._auth_required = bool(auth_required)
         return [[PROTOCOL_VERSION, self.role, self.nonce, proof, self.info]], False
 
     def _client_verdict(self, frame: list) -> tuple[list, bool]:
@@ -158,7 +299,7 @@ class Handshake:
         if frame[0] != "ok" or len(frame) != 3:
             raise ProtocolError("malformed handshake verdict")
         _, proof, info = frame
-        if self._auth_required:
+        if self.token is not None:
             expected = _mac(self.token, b"mpnet-server", self.nonce, self.peer_nonce)
             if not isinstance(proof, bytes) or not hmac.compare_digest(proof, expected):
                 raise AuthenticationError(

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from ..comm.auth import new_token
+from ..comm.auth import new_token, resolve_token, token_arg
 from ..comm.eventloop import EventLoop
 from ..config import Config, make_config, parse_bytes
 from ..errors import ClusterClosedError
@@ -93,12 +93,15 @@ class LocalCluster:
             raise ValueError("gpus= needs processes=True: each worker process gets its own "
                              "CUDA_VISIBLE_DEVICES")
         self.dashboard_address = dashboard_address
-        self.token = token or new_token()
+        if token is False:
+            log.warning("LocalCluster(token=False): anyone who can reach its ports can run "
+                        "code on this cluster")
+        self.token = None if token is False else resolve_token(token or new_token())
         self.loop = EventLoop("mpnet-cluster-loop")
         self.workers: list[Nanny | Worker] = []
         self._lock = threading.Lock()
         self._status = "starting"
-        self.scheduler = Scheduler(host, scheduler_port, token=self.token, loop=self.loop,
+        self.scheduler = Scheduler(host, scheduler_port, token=token_arg(self.token), loop=self.loop,
                                    config=self.config)
         try:
             self.scheduler.start()
@@ -132,7 +135,7 @@ class LocalCluster:
         self.close()
 
     def _new_worker(self, index: int) -> Nanny | Worker:
-        kw = dict(nthreads=self.threads_per_worker, token=self.token, config=self.config,
+        kw = dict(nthreads=self.threads_per_worker, token=token_arg(self.token), config=self.config,
                   resources=self.resources, memory_limit=self.memory_limit, host="127.0.0.1",
                   **self.lifetime)
         if self.processes:

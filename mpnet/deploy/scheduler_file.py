@@ -107,6 +107,9 @@ def read_scheduler_file(path: str | os.PathLike, *, timeout: float | None = None
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{target} is not an mpnet scheduler file (no JSON with an "
                          "'address')") from None
+    if info.get("token"):
+        from ..comm.auth import check_private    # the file carries the cluster's token
+        check_private(target, what="scheduler file", folder=False)
     if check_alive and not _answers(info["address"]):
         raise StaleSchedulerFileError(
             f"scheduler file {target} is stale: the scheduler it names at "

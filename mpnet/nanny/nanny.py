@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..comm.addressing import format_address, outward_host, parse_address
-from ..comm.auth import resolve_token
+from ..comm.auth import resolve_server_token, token_arg
 from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Dispatcher, Msg
@@ -69,7 +69,7 @@ class Nanny:
                  config: Config | None = None, **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         self.scheduler_address = scheduler_address
-        self.token = resolve_token(token)
+        self.token = resolve_server_token(token, "nanny")
         env = dict(env or {})
         if gpus is not None:
             # The worker sees only its GPUs (numbered from 0 inside it) and offers as
@@ -87,7 +87,7 @@ class Nanny:
         self.plugins: dict[str, Any] = {plugin_name(p): p for p in plugins}
         self.worker_kwargs = dict(scheduler_address=scheduler_address, nthreads=nthreads,
                                   name=name, host=host, port=worker_port,
-                                  contact_address=contact_address, token=self.token,
+                                  contact_address=contact_address, token=token_arg(self.token),
                                   nanny=self.id, resources=resources,
                                   memory_limit=memory_limit, local_directory=local_directory,
                                   preload=preload, preload_argv=list(preload_argv),

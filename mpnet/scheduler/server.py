@@ -48,7 +48,8 @@ class Scheduler:
 
     ``host=None`` listens on every interface (as ``mpnet-scheduler`` does); LocalCluster
     passes ``127.0.0.1``. ``token=None`` finds one (``MPNET_TOKEN``, then the per-user
-    token file, created if missing); ``auth=False`` accepts anyone and says so.
+    token file, created if missing); ``auth=False`` (or ``token=False``) accepts anyone
+    and says so.
     ``scheduler_file`` is written once serving and removed at close. ``preload`` names
     modules or ``.py`` files whose ``mpnet_setup(scheduler)`` runs at start
     (``preload_argv`` feeds their click options). ``idle_timeout`` (seconds) closes a
@@ -72,6 +73,7 @@ class Scheduler:
         self.dashboard_address = dashboard_address
         self.dashboard_link: str | None = None      # the dashboard issue fills this in
         self._idle_since = time.monotonic()
+        auth = auth and token is not False
         self.token = resolve_token(token, create=True) if auth else None
         if not auth:
             log.warning("scheduler started with --no-auth: anyone who can reach its port "

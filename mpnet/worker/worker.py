@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 from ..comm.addressing import format_address, outward_host, parse_address
-from ..comm.auth import resolve_token
+from ..comm.auth import resolve_server_token, token_arg
 from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Dispatcher, Msg
@@ -103,7 +103,7 @@ class Worker(Transfer):
             self.plugins[plugin_name(plugin)] = plugin
         self.nthreads = max(1, int(nthreads))
         self.name = name
-        self.token = resolve_token(token)
+        self.token = resolve_server_token(token, "worker")
         self.nanny = nanny
         self.resources = dict(resources or {})
         self.memory_limit = memory_limit
@@ -309,8 +309,8 @@ class Worker(Transfer):
                 fut.result().close()
             return
         if fut.exception() is not None:
-            log.error("worker %s: the scheduler did not come back within %.0fs; stopping",
-                      self.address, self.config.death_timeout)
+            log.error("worker %s: could not reach its scheduler again (%s); stopping",
+                      self.address, fut.exception())
             self._leave("scheduler-gone")
             self.stop_serving("the scheduler is gone")
             return
@@ -491,7 +491,7 @@ class Worker(Transfer):
         with self._lock:
             if self._client is None or self._client.status == "closed":
                 from ..client.client import Client
-                self._client = Client(self.scheduler_address, token=self.token,
+                self._client = Client(self.scheduler_address, token=token_arg(self.token),
                                       config=self.config, default=False)
             return self._client
 

@@ -298,9 +298,13 @@ def test_wrong_token_is_refused_and_token_file_wins(cmd, tmp_path):
 def test_no_auth_warns_and_lets_anyone_in(cmd, tmp_path):
     sched, info = cmd.scheduler("--no-auth")
     assert info["token"] is None
+    # Joining without a token is said out loud too: a worker that finds none refuses.
+    code, _, err = cmd.run("worker", "--scheduler-file", str(tmp_path / "scheduler.json"),
+                           "--no-nanny")
+    assert code != 0 and "--no-auth" in err and "Traceback" not in err, err
     # --interface resolves a NIC to its address: loopback's is 127.0.0.1
     worker = cmd.start("worker", "--scheduler-file", str(tmp_path / "scheduler.json"),
-                       "--no-nanny", "--interface", loopback_interface())
+                       "--no-nanny", "--no-auth", "--interface", loopback_interface())
     with Client(info["address"], timeout=WAIT) as client:   # no token anywhere
         assert client.token is None
         wait_for(lambda: worker_count(client) == 1, timeout=WAIT, what="the worker")
