@@ -315,6 +315,10 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+        # A closed connection may stay referenced a while (by its owner's records, a
+        # pending callback): what it was sending or receiving must not stay with it.
+        self._out, self._wbuf, self._hsbuf = [], [], bytearray()
+        self._decoder = FrameDecoder(self.config.max_frame_bytes, self.config.oob_threshold)
         err = exc if isinstance(exc, CommClosedError) else CommClosedError(
             f"connection to {self.peer} closed" + (f": {exc}" if exc else ""))
         pending, self._pending = self._pending, {}

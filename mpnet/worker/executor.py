@@ -71,6 +71,7 @@ class Executor:
             try:
                 job()
             finally:
+                job = None   # not kept alive while this thread waits for the next one
                 with self._lock:
                     self.executing -= 1
 
