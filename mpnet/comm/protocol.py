@@ -20,6 +20,7 @@ before authentication can create anything but lists, ints, strings and bytes.
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
 from typing import Any, Callable
 
@@ -29,7 +30,8 @@ from ..errors import ProtocolError
 from .serialize import Payload
 
 __all__ = ["PROTOCOL_VERSION", "Msg", "FrameEncoder", "FrameDecoder", "HEADER",
-           "encode_handshake", "decode_handshake", "Dispatcher"]
+           "encode_handshake", "decode_handshake", "Dispatcher", "RUNNING_KEY_BYTES",
+           "running_key"]
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!II")
@@ -100,11 +102,25 @@ class Msg(enum.IntEnum):
 
     # nanny → scheduler
     REGISTER_NANNY = 50      # (req_id, info: dict)
-    WORKER_EXITED = 51       # (worker address, pid, exitcode, how, restarting: bool)
+    WORKER_EXITED = 51       # (worker address, pid, exitcode, how, restarting: bool,
+    #                          keys the worker was running | None = not known)
     RESTART_WORKER = 52      # scheduler → nanny: (reason,)
 
     # worker ↔ worker, client → worker
     GET_DATA = 60            # (req_id, keys)  → REPLY(req_id, True, [[key, payload]])
+
+
+#: WORKER_EXITED names the tasks a dead worker was running by their keys, or, for a key
+#: longer than this many bytes (UTF-8), by :func:`running_key`'s digest of it
+RUNNING_KEY_BYTES = 254
+
+
+def running_key(key: str) -> str:
+    """How a running task's ``key`` travels in WORKER_EXITED: itself, or a digest."""
+    data = key.encode()
+    if len(data) <= RUNNING_KEY_BYTES:
+        return key
+    return "#blake2b:" + hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class FrameEncoder:

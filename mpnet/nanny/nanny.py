@@ -325,6 +325,7 @@ class Nanny:
         why = self._kill_reason or (f"it left: {leaving}" if leaving else
                                     "stopped to restart" if planned else "it crashed")
         how = f"{describe_exit(code)}; {why}"
+        running = proc.running_keys()
         proc.release()
         self.worker_address = ""
         if not self._started.done():
@@ -337,13 +338,13 @@ class Nanny:
             self._status = "closing"
             return
         if leaving in ("scheduler-gone", "retired") and not planned:
-            self._report_exit(address, pid, code, how, restarting=False)
+            self._report_exit(address, pid, code, how, restarting=False, running=running)
             log.info("%s: worker %s (pid %s) left: %s", self.id, address, pid, leaving)
             self._close_in_background()
             return
         if planned:
             self._status = "restarting"
-            self._report_exit(address, pid, code, how + " as asked", restarting=True)
+            self._report_exit(address, pid, code, how + " as asked", restarting=True, running=running)
             self._restart()
             return
         delay = self._policy.exited(time.monotonic())
@@ -351,18 +352,21 @@ class Nanny:
             how += (f"; it died {self._policy.recent} times within "
                     f"{self.config.restart_window:.0f}s, so its nanny gave up restarting it")
             log.error("%s: worker %s (pid %s) died: %s", self.id, address, pid, how)
-            self._report_exit(address, pid, code, how, restarting=False)
+            self._report_exit(address, pid, code, how, restarting=False, running=running)
             self._close_in_background()
             return
         log.warning("%s: worker %s (pid %s) died: %s; restarting in %.1fs", self.id,
                     address or "(not yet started)", pid, how, delay)
-        self._report_exit(address, pid, code, how, restarting=True)
+        self._report_exit(address, pid, code, how, restarting=True, running=running)
         self._restart_timer = self.loop.call_later(delay, self._restart)
 
     def _report_exit(self, address: str, pid: int | None, code: int | None, how: str,
-                     restarting: bool) -> None:
+                     restarting: bool, running: list[str] | None = None) -> None:
+        """Tell the scheduler; ``running`` names the tasks the worker was running when it
+        died (None: not known), so only they are charged with its death."""
         if self.scheduler is not None and not self.scheduler.closed and address:
-            self.scheduler.send([Msg.WORKER_EXITED, address, pid, code, how, restarting])
+            self.scheduler.send([Msg.WORKER_EXITED, address, pid, code, how, restarting,
+                                 running])
 
     def _restart(self) -> None:
         if self._status not in ("running", "restarting"):

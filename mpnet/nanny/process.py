@@ -31,6 +31,7 @@ import psutil
 
 from ..comm.eventloop import EventLoop
 from ..config import tune_gc
+from ..worker.running import RunningSlots, make_shared_slots
 
 __all__ = ["WorkerProcess", "describe_exit", "worker_main"]
 
@@ -75,6 +76,11 @@ class WorkerProcess:
         self.released = False
         self.last_pong = time.monotonic()
         self.started_at = time.monotonic()
+        # Shared with every child this object spawns: which task each executor thread
+        # runs, readable here after the child died (see mpnet.worker.running).
+        nthreads = int(worker_kwargs.get("nthreads", 1))
+        self._running_buf = make_shared_slots(self._ctx, nthreads)
+        self._running = RunningSlots(self._running_buf, nthreads)
 
     @property
     def pid(self) -> int | None:
@@ -83,7 +89,9 @@ class WorkerProcess:
     def start(self) -> None:
         """Spawn the child and watch it from the loop (call from the loop thread)."""
         parent, child = self._ctx.Pipe()
-        self.process = self._ctx.Process(target=worker_main, args=(child, self.worker_kwargs),
+        self._running.clear_all()
+        kwargs = {**self.worker_kwargs, "running": self._running_buf}
+        self.process = self._ctx.Process(target=worker_main, args=(child, kwargs),
                                          name="mpnet-worker", daemon=True)
         with _environ(self.env):
             self.process.start()
@@ -153,6 +161,10 @@ class WorkerProcess:
         # while the nanny is closing that is the thread running stop().
         self._forget_fds()
         self._on_exit()
+
+    def running_keys(self) -> list[str]:
+        """The tasks the child's executor threads were running (read after it died)."""
+        return self._running.keys()
 
     def reap(self) -> int | None:
         """The exit code of a child whose sentinel fired (reaps it)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..comm.protocol import Msg
+from ..comm.protocol import Msg, running_key
 from .taskstate import ACTIVE, TaskState, WorkerState
 
 __all__ = ["Recovery"]
@@ -88,18 +88,23 @@ class Recovery:
             ws.has_what.add(ts)
             ws.nbytes += ts.nbytes
 
-    def worker_exited(self, address: str, description: str) -> None:
-        """A nanny reports how its worker ended (e.g. ``pid 41, exit code 3``)."""
+    def worker_exited(self, address: str, description: str,
+                      running: list[str] | None = None) -> None:
+        """A nanny reports how its worker ended (e.g. ``pid 41, exit code 3``) and which
+        tasks it was running then (``None``: not known)."""
         self.exits[address] = description
         while len(self.exits) > _MAX_EXITS:          # oldest first: dicts keep order
             del self.exits[next(iter(self.exits))]
         if address in self.workers:
             self.workers[address].exit = description
-            self.remove_worker(address, description)
+            self.remove_worker(address, description, running=running)
 
-    def remove_worker(self, address: str, reason: str, graceful: bool = False) -> None:
+    def remove_worker(self, address: str, reason: str, graceful: bool = False,
+                      running: list[str] | None = None) -> None:
         """``address`` is gone. ``graceful``: it said goodbye, so the tasks it was running
-        do not count as having killed it."""
+        do not count as having killed it. ``running``: the keys its executor threads
+        were running when it died, as its nanny read them; only those are charged with
+        the death (the tasks queued behind them are innocent)."""
         ws = self.workers.pop(address, None)
         if ws is None:
             return
@@ -113,9 +118,10 @@ class Recovery:
             ts.who_has.discard(ws)
         ws.has_what.clear()
         interrupted = sorted(ws.processing, key=lambda t: t.priority)
+        charged = set() if graceful else _running_tasks(ws, interrupted, running)
         for ts in interrupted:
             self._unassign(ts)
-            if not graceful:
+            if ts in charged:
                 ts.failed_on.append(ended)
             self._to(ts, "waiting")
         # ... then recompute what was lost, reschedule what was interrupted, and
@@ -177,3 +183,14 @@ class Recovery:
                     return
         if not ts.waiting_on:
             self._make_ready(ts)
+
+
+def _running_tasks(ws: WorkerState, interrupted: list[TaskState],
+                   running: list[str] | None) -> set[TaskState]:
+    """The tasks ``ws`` was running when it died. Its nanny read them from the worker's
+    executor slots; without a nanny (no report), the best guess is the first
+    ``nthreads`` in the order the worker starts them (priority, as sent)."""
+    if running is None:
+        return set(interrupted[:ws.nthreads])
+    names = set(running)
+    return {ts for ts in interrupted if running_key(ts.key) in names}

@@ -469,13 +469,13 @@ class Scheduler:
         conn.reply(req_id, True, {"id": self.id})
 
     def _worker_exited(self, conn: Connection, address: str, pid: int, code: int | None,
-                       how: str, restarting: bool) -> None:
+                       how: str, restarting: bool, running: list | None = None) -> None:
         description = f"pid {pid}, {how}"
         log.warning("worker %s exited: %s", address, description)
         if restarting and isinstance(conn.owner_data, str):
             self.restarts[conn.owner_data] = self.restarts.get(conn.owner_data, 0) + 1
         was_there = address in self.state.workers
-        self.state.worker_exited(address, description)     # removes it, with its exit
+        self.state.worker_exited(address, description, running)   # removes it
         if was_there:
             call_hook(self.plugins, "remove_worker", self, address)
 

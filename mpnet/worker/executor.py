@@ -16,6 +16,8 @@ import queue
 import threading
 from typing import Any, Callable
 
+from .running import RunningSlots
+
 __all__ = ["Executor"]
 
 
@@ -33,12 +35,16 @@ _LAST = _Last()
 
 
 class Executor:
-    def __init__(self, nthreads: int, name: str = "mpnet-worker-exec"):
+    def __init__(self, nthreads: int, name: str = "mpnet-worker-exec",
+                 running: RunningSlots | None = None):
         self.nthreads = nthreads
+        #: slot i names the task thread i runs, for the nanny to read if we die
+        self.running = running or RunningSlots(None, nthreads)
         # (priority, arrival, job): the scheduler's order among tasks queued here
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._arrival = itertools.count()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"{name}-{i}",
+                                          daemon=True)
                          for i in range(nthreads)]
         self.executing = 0
         self._lock = threading.Lock()
@@ -52,25 +58,31 @@ class Executor:
             for t in self._threads:
                 t.start()
 
-    def submit(self, job: Callable[[], None], priority: Any = 0) -> None:
-        """Queue ``job``; lower ``priority`` values (as the scheduler sends them) run first."""
-        self._queue.put((priority, next(self._arrival), job))
+    def submit(self, job: Callable[[], None], priority: Any = 0, key: str = "") -> None:
+        """Queue ``job`` (the task ``key``); lower ``priority`` values (as the scheduler
+        sends them) run first."""
+        self._queue.put((priority, next(self._arrival), job, key))
 
     def set_paused(self, paused: bool) -> None:
         """While paused (memory pressure), threads start no new job."""
         (self._unpaused.clear if paused else self._unpaused.set)()
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
+        running = self.running
         while True:
-            job = self._queue.get()[2]
+            _, _, job, key = self._queue.get()
             if job is None:
                 return
             self._unpaused.wait()
             with self._lock:
                 self.executing += 1
+            if key:
+                running.set(index, key)
             try:
                 job()
             finally:
+                if key:
+                    running.clear(index)
                 job = None   # not kept alive while this thread waits for the next one
                 with self._lock:
                     self.executing -= 1
@@ -83,7 +95,7 @@ class Executor:
         """
         self._unpaused.set()
         for _ in self._threads:
-            self._queue.put((_LAST, next(self._arrival), None))
+            self._queue.put((_LAST, next(self._arrival), None, ""))
         if not self._started:
             return []
         stuck = []

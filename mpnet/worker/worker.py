@@ -37,6 +37,7 @@ from ..versions import get_versions
 from . import context
 from .actors import ActorHost
 from .executor import Executor
+from .running import RunningSlots
 from .store import DataStore
 from .transfer import Transfer
 
@@ -81,6 +82,7 @@ class Worker(Transfer):
                  preload: Any = None, preload_argv: Any = (), plugins: Any = (),
                  lifetime: float | None = None, lifetime_stagger: float = 0.0,
                  lifetime_restart: bool = False, loop: EventLoop | None = None,
+                 running: Any = None,
                  config: Config | None = None, **config_overrides: Any):
         self.config = make_config(config, **config_overrides)
         self.scheduler_address = scheduler_address
@@ -111,7 +113,8 @@ class Worker(Transfer):
         self.loop = loop or EventLoop("mpnet-worker-loop")
         self.store = DataStore(self.config.oob_threshold)
         self.tasks: dict[str, _Task] = {}
-        self.executor = Executor(self.nthreads)
+        self.executor = Executor(self.nthreads, running=RunningSlots(running, self.nthreads)
+                                 if running is not None else None)
         self.address = ""
         self.listener: Listener | None = None
         self.scheduler: Connection | None = None
@@ -393,7 +396,7 @@ class Worker(Transfer):
 
     def _run_task(self, task: _Task) -> None:
         self._transition(task.key, "waiting", "ready")
-        self.executor.submit(lambda: self._execute(task), task.priority)
+        self.executor.submit(lambda: self._execute(task), task.priority, task.key)
 
     def _function(self, fn: Payload) -> Any:
         func = self._functions.get(fn.header)
