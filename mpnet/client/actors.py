@@ -23,9 +23,10 @@ import logging
 from typing import Any, Callable
 
 from ..comm.connection import Connection, connect
+from ..comm.fields import check_fields
 from ..comm.protocol import Msg
 from ..comm.serialize import decode_value, encode_args, loads_exception
-from ..errors import ActorDiedError
+from ..errors import ActorDiedError, ProtocolError
 from .futures import BaseFuture
 
 __all__ = ["ActorHandle", "ActorFuture", "ActorCaller", "actor_methods"]
@@ -141,9 +142,10 @@ class ActorCaller:
                                 call.kwargs, call.kind])
 
     def _on_message(self, conn: Connection, msg: list) -> None:
-        if msg[0] != Msg.ACTOR_RESULT:
-            log.warning("unexpected message %s from %s", msg[0], conn.peer)
-            return
+        if msg[0] != Msg.ACTOR_RESULT or len(msg) != 5:
+            raise ProtocolError(f"an actor caller expects ACTOR_RESULT with 4 fields, not "
+                                f"{msg[:1]} with {len(msg) - 1}")
+        check_fields(msg)
         _, call_id, ok, value, tb = msg
         entry = self._inflight.pop(call_id, None)
         if entry is None:

@@ -31,7 +31,7 @@ from ..comm.protocol import Dispatcher, Msg
 from ..comm.serialize import dumps, dumps_exception, loads
 from ..config import Config, make_config, tune_gc
 from ..deploy.scheduler_file import remove_scheduler_file, write_scheduler_file
-from ..errors import ClusterClosedError
+from ..errors import ClusterClosedError, ProtocolError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import format_mismatches, get_versions, mismatches
@@ -41,6 +41,23 @@ from .state import ClientState, SchedulerState, WorkerState
 __all__ = ["Scheduler"]
 
 log = logging.getLogger("mpnet.scheduler")
+
+
+class _NannyLink(str):
+    """The owner record of a nanny's connection: its address."""
+
+
+_ROLE_NAMES = {ClientState: "a client", WorkerState: "a worker", _NannyLink: "a nanny"}
+_HOLDERS = (ClientState, WorkerState)      # actor handles live in clients and in tasks
+_SENDERS: dict[int, tuple[type, ...]] = {
+    **{m: (ClientState,) for m in (Msg.SUBMIT, Msg.RELEASE, Msg.CANCEL, Msg.SCATTER)},
+    **{m: (WorkerState,) for m in (Msg.TASK_FINISHED, Msg.TASK_FAILED, Msg.MISSING_DATA,
+                                   Msg.HEARTBEAT, Msg.ACTOR_STARTED, Msg.ACTOR_FAILED,
+                                   Msg.ACTOR_CHECKPOINT)},
+    **{m: _HOLDERS for m in (Msg.CREATE_ACTOR, Msg.LOOKUP_ACTOR, Msg.RELEASE_ACTOR)},
+    Msg.WORKER_EXITED: (_NannyLink,),
+}
+_REGISTRATIONS = frozenset({Msg.REGISTER_CLIENT, Msg.REGISTER_WORKER, Msg.REGISTER_NANNY})
 
 
 class Scheduler:
@@ -259,6 +276,18 @@ class Scheduler:
 
     # --- dispatch ------------------------------------------------------------------
     def _dispatch(self, conn: Connection, msg: list) -> None:
+        # Who may send what: a message from a peer that has not registered as the role
+        # it belongs to (a SUBMIT before REGISTER_CLIENT, a TASK_FINISHED from a
+        # client) closes that connection before it reaches the state machine.
+        need = _SENDERS.get(msg[0])
+        if need is None:
+            if msg[0] in _REGISTRATIONS and conn.owner_data is not None:
+                raise ProtocolError(f"{Msg(msg[0]).name} from {conn.peer}, which has "
+                                    "registered already")
+        elif not isinstance(conn.owner_data, need):
+            raise ProtocolError(
+                f"{Msg(msg[0]).name} from {conn.peer}, which has not registered as "
+                f"{' or '.join(_ROLE_NAMES[t] for t in need)}")
         self._handlers(conn, msg)
         self._send_outbox()
 
@@ -462,7 +491,7 @@ class Scheduler:
         self.state.heartbeat(conn.owner_data, metrics)
 
     def _register_nanny(self, conn: Connection, req_id: int, info: dict) -> None:
-        conn.owner_data = info["address"]
+        conn.owner_data = _NannyLink(info["address"])
         self.nannies[info["address"]] = conn
         for name, payload in self.nanny_plugins.items():
             conn.send([Msg.PLUGIN, name, payload])
