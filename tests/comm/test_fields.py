@@ -6,6 +6,7 @@ import pytest
 
 from mpnet.comm.fields import FIELDS, check_fields
 from mpnet.comm.protocol import Dispatcher, Msg
+from mpnet.comm.serialize import dumps
 from mpnet.errors import ProtocolError
 
 
@@ -14,8 +15,9 @@ def test_every_message_has_fields():
 
 
 def test_a_wrong_field_is_named():
+    p = dumps(abs)
     with pytest.raises(ProtocolError, match="field 6"):
-        check_fields([Msg.SUBMIT, "k", None, None, [], 0, -1, None, None])
+        check_fields([Msg.SUBMIT, "k", p, p, [], 0, -1, None, None])
 
 
 def test_dispatcher_checks_types_before_the_handler_runs():
