@@ -11,9 +11,10 @@ from .config import Config
 from .deploy.local import LocalCluster
 from .diagnostics.progress import progress
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
-                     CommClosedError, ConnectTimeoutError, KilledWorkerError, MpnetError,
-                     ProtocolError, SerializationError, UnsatisfiableError,
-                     VersionMismatchError, WorkerLostError)
+                     CommClosedError, ConnectTimeoutError, FrameTooLargeError,
+                     KilledWorkerError, MpnetError, ProtocolError, SerializationError,
+                     TokenFileError, UnsatisfiableError, VersionMismatchError,
+                     WorkerLostError)
 from .nanny.nanny import Nanny
 from .plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
 from .scheduler.server import Scheduler
@@ -35,4 +36,5 @@ __all__ = [
     "MpnetError", "ProtocolError", "AuthenticationError", "CommClosedError",
     "ConnectTimeoutError", "SerializationError", "ClusterClosedError", "WorkerLostError",
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",
+    "FrameTooLargeError", "TokenFileError",
 ]

@@ -9,6 +9,7 @@
      ├── CommClosedError          a connection closed while something waited on it
      │    └── ConnectTimeoutError nothing answered at an address within the timeout
      ├── SerializationError       an object could not be pickled / unpickled
+     ├── FrameTooLargeError       a value is over max_frame_bytes: it cannot travel
      ├── ClusterClosedError       the client, cluster or scheduler is closed
      ├── WorkerLostError          data or a task was lost with a worker
      │    └── KilledWorkerError   a task was on every worker that died running it
@@ -36,6 +37,7 @@ __all__ = [
     "CommClosedError",
     "ConnectTimeoutError",
     "SerializationError",
+    "FrameTooLargeError",
     "ClusterClosedError",
     "WorkerLostError",
     "KilledWorkerError",
@@ -74,6 +76,29 @@ class ConnectTimeoutError(CommClosedError, TimeoutError):
 
 class SerializationError(MpnetError):
     """An object could not be pickled or unpickled; the message names its type."""
+
+
+class FrameTooLargeError(MpnetError):
+    """A result, argument or reply is larger than one message may be
+    (``max_frame_bytes``): it would be refused by whoever received it."""
+
+    @classmethod
+    def for_size(cls, what: str, nbytes: int, limit: int) -> "FrameTooLargeError":
+        return cls(
+            f"{what} is {_size(nbytes)} ({nbytes} bytes) pickled, over the limit of "
+            f"{_size(limit)} ({limit} bytes) for one message (max_frame_bytes). Return or "
+            f"pass it in smaller parts, keep it where it is made (e.g. write it to shared "
+            f"storage), or raise the limit on every process of the cluster: "
+            f"MPNET_MAX_FRAME_BYTES={max(nbytes * 2, 1 << 30)} or max_frame_bytes= in the "
+            f"Python API")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 class ClusterClosedError(MpnetError):

@@ -30,8 +30,8 @@ from ..comm.eventloop import EventLoop
 from ..comm.protocol import Dispatcher, Msg
 from ..comm.serialize import (Payload, dumps, dumps_task_args, loads, loads_exception)
 from ..config import Config, make_config, tune_gc
-from ..errors import (ClusterClosedError, CommClosedError, KilledWorkerError,
-                      UnsatisfiableError, WorkerLostError)
+from ..errors import (ClusterClosedError, CommClosedError, FrameTooLargeError,
+                      KilledWorkerError, UnsatisfiableError, WorkerLostError)
 from ..versions import get_versions
 from ..worker import context
 from .actor_api import ActorMixin
@@ -66,6 +66,29 @@ def task_options(resources: Any, workers: Any, priority: Any = 0,
     if retries < 0:
         raise ValueError(f"retries= must be 0 or more, not {retries}")
     return resources or None, workers or None
+
+
+def _fits(payload: Payload, key: str, limit: int) -> Payload:
+    if payload.nbytes > limit:
+        raise FrameTooLargeError.for_size(f"scattered value {key}", payload.nbytes, limit)
+    return payload
+
+
+def _fetch_batches(futures: list, limit: int) -> list[tuple[str, list]]:
+    """Group fetches by worker, each group's values adding up to at most ``limit`` bytes
+    (one reply is one frame, and a frame over max_frame_bytes would be refused)."""
+    batches: list[tuple[str, list]] = []
+    open_: dict[str, tuple[list, list]] = {}     # worker → (its batch, [bytes in it])
+    for f in futures:
+        worker, nbytes = f._result.worker, f._result.nbytes
+        batch, size = open_.get(worker, (None, [0]))
+        if batch is None or (batch and size[0] + nbytes > limit):
+            batch, size = [], [0]
+            open_[worker] = (batch, size)
+            batches.append((worker, batch))
+        batch.append(f)
+        size[0] += nbytes
+    return batches
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -319,6 +342,10 @@ class Client(ActorMixin, OperationsMixin):
         fn_payload = self._function_payload(fn)
         args_payload, deps = dumps_task_args(args, kwargs,
                                              oob_threshold=self.config.oob_threshold)
+        size = fn_payload.nbytes + args_payload.nbytes
+        if size > self.config.max_frame_bytes:
+            raise FrameTooLargeError.for_size(f"task {key} (its function and arguments)",
+                                              size, self.config.max_frame_bytes)
         fut = Future(key, self)
         self._futures[key] = fut
         self._send([Msg.SUBMIT, key, fn_payload, args_payload, deps, priority, retries,
@@ -379,18 +406,16 @@ class Client(ActorMixin, OperationsMixin):
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = [f for f in futures if isinstance(f._result, Remote)]
         while pending:
-            by_worker: dict[str, list[Future]] = {}
-            for f in pending:
-                by_worker.setdefault(f._result.worker, []).append(f)
-            requests = {w: self.loop.run_sync(self._get_data, w, [f.key for f in fs])
-                        for w, fs in by_worker.items()}
+            batches = _fetch_batches(pending, self.config.max_frame_bytes // 2)
+            requests = [(w, fs, self.loop.run_sync(self._get_data, w, [f.key for f in fs]))
+                        for w, fs in batches]
             pending = []
-            for worker, request in requests.items():
+            for worker, batch, request in requests:
                 try:
                     got = dict(request.result(_remaining(deadline)))
                 except (CommClosedError, OSError, TimeoutError):
                     got = {}
-                for f in by_worker[worker]:
+                for f in batch:
                     if f.key in got:
                         f._set_value(loads(got[f.key], what=f"result of {f.key}"))
                     elif f._wait_moved(worker, deadline):
@@ -435,7 +460,8 @@ class Client(ActorMixin, OperationsMixin):
             keys = [f"{type(v).__name__}-{self.id[7:]}-s{next(self._counter)}" for v in values]
         else:
             return self.scatter([data], workers=workers)[0]
-        items = [[k, dumps(v, oob_threshold=self.config.oob_threshold, what="scattered data")]
+        items = [[k, _fits(dumps(v, oob_threshold=self.config.oob_threshold,
+                                 what="scattered data"), k, self.config.max_frame_bytes)]
                  for k, v in zip(keys, values)]
         futures = []
         for k, v in zip(keys, values):

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from ..config import Config
 from ..errors import (AuthenticationError, CommClosedError, ConnectTimeoutError,
-                      MpnetError, ProtocolError)
+                      FrameTooLargeError, MpnetError, ProtocolError)
 from .addressing import format_address, parse_address
 from .auth import Handshake
 from .eventloop import EventLoop
@@ -122,7 +122,30 @@ class Connection:
             log.error("cannot encode a message for %s: %s", self.peer, e)
             self.close(ProtocolError(f"cannot encode message: {e}"))
             return
+        if sum(memoryview(p).nbytes for p in pieces) > self.config.max_frame_bytes:
+            pieces = self._split(messages)
         self._write(pieces)
+
+    def _split(self, messages: list) -> list:
+        """The batch is over ``max_frame_bytes``, which the peer would refuse: send each
+        message as its own frame, and in place of any single message that is still too
+        large, an error for whoever waits on it (never a frame the peer drops)."""
+        pieces: list = []
+        limit = self.config.max_frame_bytes
+        for msg in messages:
+            frame = self._encoder.encode([msg])
+            size = sum(memoryview(p).nbytes for p in frame)
+            if size <= limit:
+                pieces.extend(frame)
+                continue
+            err = FrameTooLargeError.for_size(f"a {Msg(msg[0]).name} message to {self.peer}",
+                                              size, limit)
+            log.error("%s", err)
+            if msg[0] == Msg.REPLY:            # the asker gets the error instead
+                pieces.extend(self._encoder.encode([[Msg.REPLY, msg[1], False, str(err)]]))
+            elif len(msg) > 1 and type(msg[1]) is int and msg[1] in self._pending:
+                self._pending.pop(msg[1]).set_exception(err)
+        return pieces
 
     def _send_raw(self, data: bytes) -> None:
         self._write([data])

@@ -30,7 +30,7 @@ from ..comm.eventloop import EventLoop
 from ..comm.protocol import Dispatcher, Msg
 from ..comm.serialize import Payload, dumps, dumps_exception, loads, loads_task_args
 from ..config import Config, make_config
-from ..errors import ClusterClosedError
+from ..errors import ClusterClosedError, FrameTooLargeError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import get_versions
@@ -418,6 +418,12 @@ class Worker(Transfer):
             value = func(*args, **kwargs)
             payload = dumps(value, oob_threshold=self.config.oob_threshold,
                             what=f"result of {task.key}")
+            if payload.nbytes > self.config.max_frame_bytes:
+                # It could never leave this worker (for a client, a dependent elsewhere,
+                # a retirement): fail now, clearly, rather than hang the fetch later.
+                nbytes, value, payload = payload.nbytes, None, None
+                raise FrameTooLargeError.for_size(f"the result of {task.key}", nbytes,
+                                                  self.config.max_frame_bytes)
         except BaseException as e:   # the task's own failure, reported to its caller
             exc, tb = dumps_exception(e, oob_threshold=self.config.oob_threshold)
             self.loop.call_soon_threadsafe(self._failed, task, exc, tb)
