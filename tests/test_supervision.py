@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import signal
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 import mpnet
-from mpnet import Client, LocalCluster
+from mpnet import Client, LocalCluster, SchedulerPlugin
 from mpnet.nanny.policy import RestartPolicy
 from tests.utils import wait_for
 
@@ -277,11 +278,24 @@ def test_lifetime_recycles_workers_without_losing_results():
         assert client.submit(sum, data).result(timeout=10) == sum(x * x for x in range(20))
 
 
+class StartCounter(SchedulerPlugin):
+    """Counts how often each task was sent to a worker (its runs, re-runs included)."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+
+    def transition(self, key, start, finish):
+        if finish == "processing":
+            self.counts[key] += 1
+
+
 @pytest.mark.slow
 def test_chaos_random_sigkills_during_a_tree_reduction():
     """2,048 leaves summed pairwise (4,095 tasks) while workers are SIGKILLed."""
     values = list(range(2048))
     with LocalCluster(n_workers=2) as cluster, Client(cluster) as client:
+        starts = StartCounter()
+        cluster.scheduler.add_plugin(starts)
         leaves = client.map(slow_square, values, delay=0.002)
         total = tree_sum(client, leaves)
         stop = threading.Event()
@@ -293,6 +307,8 @@ def test_chaos_random_sigkills_during_a_tree_reduction():
                 try:
                     pids = list(worker_pids(client).values())
                 except Exception:
+                    continue
+                if not pids:          # both are being replaced right now
                     continue
                 pid = rng.choice(pids)
                 try:
@@ -309,6 +325,11 @@ def test_chaos_random_sigkills_during_a_tree_reduction():
             t.join()
         assert result == sum(v * v for v in values)
         assert kills, "the chaos thread never killed anything"
+        reruns = collections.Counter(n - 1 for n in starts.counts.values())
+        print(f"chaos: {len(kills)} kills; tasks by re-runs: {dict(sorted(reruns.items()))}")
+        assert len(starts.counts) == 4095 and min(starts.counts.values()) >= 1
+        # A kill interrupts each task at most once: no task ran more often than that.
+        assert max(starts.counts.values()) <= 1 + len(kills), reruns
         assert client.gather(leaves) == [v * v for v in values]
         wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=15,
                  what="the full worker count")
