@@ -60,6 +60,10 @@ class Msg(enum.IntEnum):
     REGISTER_PLUGIN = 19     # (req_id, "scheduler" | "worker" | "nanny", name, payload)
     RESTART = 25             # (req_id, worker addresses | None = all, timeout)
     RETIRE_WORKERS = 26      # (req_id, worker addresses)  also worker → scheduler (lifetime)
+    # monitoring (read-only): `mpnet status`, `mpnet top`, client.get_task_stream/get_*_logs
+    STATUS = 27              # (req_id, options: dict) → REPLY(snapshot dict)
+    TASK_STREAM = 28         # (req_id, since: float, n: int | None) → REPLY([record dict])
+    GET_LOGS = 29            # (req_id, "scheduler" | "workers", n, workers | None)
 
     # actors: any caller (client, worker) → scheduler
     CREATE_ACTOR = 70        # (key, name | None, cls: Payload, args: Payload, options: dict)
@@ -91,6 +95,7 @@ class Msg(enum.IntEnum):
     PLUGIN = 34              # (name, payload)          also scheduler → nanny: install
     PLUGIN_INSTALL = 35      # (req_id, name, payload)  the same, answered: REPLY(error text)
     ACQUIRE = 36             # (req_id, [[key, [holder addresses]]]) → REPLY(keys obtained)
+    LOGS = 37                # (req_id, n) → REPLY([[time, level, logger, text]])  also → nanny
 
     # worker → scheduler
     REGISTER_WORKER = 40     # (req_id, info: dict)

@@ -60,12 +60,13 @@ class LocalCluster:
     ``resources={"db": 2}`` is declared by every worker; ``gpus=[0, 1]`` gives worker i
     GPU ``gpus[i]`` (``CUDA_VISIBLE_DEVICES`` and a ``GPU`` resource of 1).
     ``lifetime`` (seconds), ``lifetime_stagger``, ``lifetime_restart`` recycle workers:
-    see docs/supervision.md.
+    see docs/supervision.md. ``dashboard_address`` (default ``":8787"``, a free port if
+    taken; ``None``: no dashboard) serves the page of docs/monitoring.md.
     """
 
     def __init__(self, n_workers: int | None = None, threads_per_worker: int | None = None,
                  processes: bool = True, memory_limit: Any = "auto", host: str = "127.0.0.1",
-                 scheduler_port: int = 0, dashboard_address: str | None = None,
+                 scheduler_port: int = 0, dashboard_address: str | None = ":8787",
                  resources: dict | None = None, token: str | None = None,
                  gpus: list | None = None, lifetime: float | None = None,
                  lifetime_stagger: float = 0.0, lifetime_restart: bool = False,
@@ -101,7 +102,8 @@ class LocalCluster:
         self.workers: list[Nanny | Worker] = []
         self._lock = threading.Lock()
         self._status = "starting"
-        self.scheduler = Scheduler(host, scheduler_port, token=token_arg(self.token), loop=self.loop,
+        self.scheduler = Scheduler(host, scheduler_port, token=token_arg(self.token),
+                                   loop=self.loop, dashboard_address=dashboard_address or None,
                                    config=self.config)
         try:
             self.scheduler.start()
@@ -118,7 +120,9 @@ class LocalCluster:
 
     @property
     def dashboard_link(self) -> str | None:
-        return None
+        """``http://127.0.0.1:8787/`` (another port if that one was taken), or None when
+        made with ``dashboard_address=None``."""
+        return self.scheduler.dashboard_link
 
     @property
     def status(self) -> str:

@@ -31,6 +31,7 @@ from ..comm.connection import Connection, Listener, connect, connect_sync, liste
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Dispatcher, Msg
 from ..config import Config, make_config
+from ..diagnostics import logring
 from ..comm.serialize import loads
 from ..errors import ClusterClosedError, MpnetError
 from ..plugins import call_hook, plugin_name
@@ -126,7 +127,9 @@ class Nanny:
             Msg.RESTART_WORKER: lambda conn, reason: self.restart_worker(reason),
             Msg.PLUGIN: self._plugin,
             Msg.PLUGIN_INSTALL: self._plugin_install,
+            Msg.LOGS: lambda conn, req_id, n: conn.reply(req_id, True, logring.lines(n)),
         })
+        logring.install()      # its recent lines answer `mpnet logs` (why a worker died)
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self, timeout: float | None = None) -> "Nanny":

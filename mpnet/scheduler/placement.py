@@ -126,8 +126,8 @@ class Placement:
         return ws
 
     def _compute(self, ts: TaskState, ws: WorkerState) -> None:
+        ts.processing_on = ws          # first: the monitor notes where it runs
         self._to(ts, "processing")
-        ts.processing_on = ws
         ws.processing.add(ts)
         self._acquire(ws, ts.resources)
         who_has = [[d.key, [w.address for w in d.who_has]] for d in ts.dependencies]

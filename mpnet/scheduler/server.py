@@ -36,6 +36,7 @@ from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import format_mismatches, get_versions, mismatches
 from . import operations
+from .monitoring import Monitoring
 from .state import ClientState, SchedulerState, WorkerState
 
 __all__ = ["Scheduler"]
@@ -88,7 +89,7 @@ class Scheduler:
         self.nanny_plugins: dict[str, Any] = {}
         self.idle_timeout = idle_timeout
         self.dashboard_address = dashboard_address
-        self.dashboard_link: str | None = None      # the dashboard issue fills this in
+        self.dashboard_link: str | None = None      # set once the dashboard serves
         self._idle_since = time.monotonic()
         auth = auth and token is not False
         self.token = resolve_token(token, create=True) if auth else None
@@ -106,6 +107,7 @@ class Scheduler:
         self._closed = threading.Event()
         self.nannies: dict[str, Connection] = {}     # nanny address → connection
         self.restarts: dict[str, int] = {}           # nanny address → worker restarts
+        self.monitoring = Monitoring(self)     # status, task stream, logs, dashboard
         self._handlers = Dispatcher("scheduler", {
             Msg.REGISTER_CLIENT: self._register_client,
             Msg.SUBMIT: self._submit,
@@ -135,6 +137,7 @@ class Scheduler:
             Msg.ACTOR_STARTED: self._actor_started,
             Msg.ACTOR_FAILED: self._actor_failed,
             Msg.ACTOR_CHECKPOINT: self._actor_checkpoint,
+            **self.monitoring.handlers,
         })
         for plugin in plugins:
             self.add_plugin(plugin)
@@ -168,6 +171,7 @@ class Scheduler:
         self._status = "running"
         log.info("Scheduler at: %s", self.address)
         try:
+            self.monitoring.start()         # before the scheduler file: it names the dashboard
             for preload in self.preloads:
                 preload.setup(self)
             self.loop.run_sync(self._start_plugins)
@@ -244,6 +248,7 @@ class Scheduler:
                 return
             started = self._status == "running"
             self._status = "closing"
+        self.monitoring.close()    # off the loop: the HTTP thread may be waiting on it
         if started:
             for preload in self.preloads:
                 preload.teardown(self)
@@ -300,6 +305,7 @@ class Scheduler:
         owner = conn.owner_data
         if isinstance(owner, ClientState):
             self.state.remove_client(owner.id)
+            self.monitoring.client_changed(owner.id, joined=False)
             call_hook(self.plugins, "remove_client", self, owner.id)
         elif isinstance(owner, WorkerState):
             owner.link = None
@@ -318,6 +324,7 @@ class Scheduler:
     def _lost(self, address: str, reason: str) -> None:
         if address in self.state.workers:
             log.warning("lost worker %s: %s", address, reason)
+            self.monitoring.worker_removed(address, reason, self.state.workers[address].name)
             self.state.remove_worker(address, reason)
             call_hook(self.plugins, "remove_worker", self, address)
             self._send_outbox()
@@ -327,6 +334,7 @@ class Scheduler:
                          versions: dict) -> None:
         cs = self.state.add_client(client_id, {"versions": versions}, link=conn)
         conn.owner_data = cs
+        self.monitoring.client_changed(client_id, joined=True)
         call_hook(self.plugins, "add_client", self, client_id)
         everyone = {"scheduler": get_versions(), "client": versions,
                     **{a: w.info.get("versions", {}) for a, w in self.state.workers.items()}}
@@ -339,6 +347,7 @@ class Scheduler:
                 workers: list | None = None) -> None:
         self.state.submit(conn.owner_data, key, fn, args, deps, priority, retries,
                           resources, workers)
+        self.state.monitor.adopt(self.state.tasks.get(key))   # counted even while waiting
 
     # --- actors ----------------------------------------------------------------------
     # Holders and lookups may come from clients or from workers (handles used in tasks);
@@ -463,6 +472,7 @@ class Scheduler:
             conn.send([Msg.PLUGIN, name, payload])
         conn.reply(req_id, True, {"id": self.id, "address": self.address})
         log.info("registered worker %s (%s, %d threads)", address, ws.name, ws.nthreads)
+        self.monitoring.worker_added(ws)
         call_hook(self.plugins, "add_worker", self, address)
         table = format_mismatches(mismatches({"scheduler": get_versions(),
                                               address: info.get("versions", {})}))
@@ -483,12 +493,17 @@ class Scheduler:
         ws = conn.owner_data
         if isinstance(ws, WorkerState) and ws.address in self.state.workers:
             log.info("worker %s left: %s", ws.address, reason)
+            self.monitoring.worker_removed(ws.address, reason, ws.name)
             conn.owner_data = None          # its closing connection is no news now
             self.state.remove_worker(ws.address, reason, graceful=True)
             call_hook(self.plugins, "remove_worker", self, ws.address)
 
     def _heartbeat(self, conn: Connection, metrics: dict) -> None:
-        self.state.heartbeat(conn.owner_data, metrics)
+        ws = conn.owner_data
+        paused = getattr(ws, "paused", False)
+        self.state.heartbeat(ws, metrics)
+        if getattr(ws, "paused", False) != paused:
+            self.monitoring.worker_paused(ws)
 
     def _register_nanny(self, conn: Connection, req_id: int, info: dict) -> None:
         conn.owner_data = _NannyLink(info["address"])
@@ -501,6 +516,7 @@ class Scheduler:
                        how: str, restarting: bool, running: list | None = None) -> None:
         description = f"pid {pid}, {how}"
         log.warning("worker %s exited: %s", address, description)
+        self.monitoring.worker_exited(conn.owner_data, address, description, restarting)
         if restarting and isinstance(conn.owner_data, str):
             self.restarts[conn.owner_data] = self.restarts.get(conn.owner_data, 0) + 1
         was_there = address in self.state.workers

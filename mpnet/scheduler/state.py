@@ -29,6 +29,7 @@ from typing import Any, Iterable
 from ..comm.protocol import Msg
 from ..config import Config
 from .actors import Actors
+from .monitor import Monitor
 from .placement import Placement
 from .recovery import Recovery
 from .taskstate import ACTIVE, ClientState, TaskState, WorkerState
@@ -51,6 +52,8 @@ class SchedulerState(Placement, Recovery, Actors):
         self.counts = {"submitted": 0, "finished": 0, "erred": 0, "workers_lost": 0}
         #: called as on_transition(key, start, finish) for every change (plugins)
         self.on_transition: Any = None
+        #: counts per function name, events, task stream: what `mpnet top` shows
+        self.monitor = Monitor()
         self._seq = itertools.count()
 
     # --- helpers -------------------------------------------------------------------
@@ -58,6 +61,7 @@ class SchedulerState(Placement, Recovery, Actors):
         """Every state change goes through here, so plugins can watch them."""
         start = ts.state
         ts.state = state
+        self.monitor.transition(ts, start, state)
         if self.on_transition is not None:
             self.on_transition(ts.key, start, state)
 
@@ -228,6 +232,8 @@ class SchedulerState(Placement, Recovery, Actors):
             self._unassign(t)
             self._to(t, "erred")
             t.exception, t.traceback, t.lost = None, reason, kind
+            if t is ts:
+                self.monitor.event(f"task-{kind}", reason, key=t.key)
             self.counts["erred"] += 1
             for cs in t.who_wants:
                 self._send(cs, [Msg.TASK_LOST, t.key, kind, reason])

@@ -15,7 +15,7 @@ class TaskState:
     __slots__ = ("key", "state", "fn", "args", "dependencies", "dependents", "waiting_on",
                  "who_has", "processing_on", "who_wants", "priority", "retries", "nbytes",
                  "exception", "traceback", "lost", "failed_on", "scattered", "resources",
-                 "restrict", "inline_to", "__weakref__")
+                 "restrict", "inline_to", "group", "started", "ran_on", "__weakref__")
 
     def __init__(self, key: str, fn: Any, args: Any, priority: tuple, retries: int):
         self.key = key
@@ -38,6 +38,9 @@ class TaskState:
         self.resources: dict | None = None     # e.g. {"GPU": 1}: held while it runs
         self.restrict: set | None = None       # worker addresses or names it may run on
         self.inline_to: frozenset = frozenset()  # clients that got the value itself
+        self.group: Any = None                 # monitor.Group of its function name
+        self.started = 0.0                     # time.time() it was sent to a worker
+        self.ran_on: Any = None                # that worker (for the task stream)
 
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"

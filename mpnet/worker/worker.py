@@ -30,6 +30,7 @@ from ..comm.eventloop import EventLoop
 from ..comm.protocol import Dispatcher, Msg
 from ..comm.serialize import Payload, dumps, dumps_exception, loads, loads_task_args
 from ..config import Config, make_config
+from ..diagnostics import logring
 from ..errors import ClusterClosedError, FrameTooLargeError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
@@ -145,6 +146,7 @@ class Worker(Transfer):
             Msg.HOST_ACTOR: lambda conn, *a: self.actor_host.host(*a),
             Msg.DROP_ACTOR: lambda conn, key, reason: self.actor_host.drop(key, reason),
             Msg.ACTOR_CALL: self.actor_host_call,
+            Msg.LOGS: lambda conn, req_id, n: conn.reply(req_id, True, logring.lines(n)),
         })
         self.actor_host = ActorHost(self)
         self._actor_caller: Any = None
@@ -156,6 +158,7 @@ class Worker(Transfer):
             if self._status != "created":
                 raise ClusterClosedError(f"this Worker is {self._status}; create a new one")
             self._status = "starting"
+        logring.install()      # its recent lines answer `mpnet logs`
         self.loop.start()
         self.executor.start()   # the scheduler may send work as soon as we register
         try:
