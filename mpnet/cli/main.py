@@ -9,7 +9,10 @@ from __future__ import annotations
 import click
 
 from .common import Group, version_option
+from .logs import logs
 from .scheduler import scheduler
+from .status import status
+from .top import top
 from .worker import worker
 
 __all__ = ["cli", "main"]
@@ -23,6 +26,9 @@ def cli() -> None:
 
 cli.add_command(scheduler)
 cli.add_command(worker)
+cli.add_command(status)
+cli.add_command(top)
+cli.add_command(logs)
 
 
 def main() -> None:

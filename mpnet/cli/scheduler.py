@@ -42,8 +42,8 @@ def _dashboard_address(value: str) -> str:
 @click.option("--interface", metavar="NIC", default=None,
               help="Listen on this network interface's IPv4 address (eth0, ib0).")
 @click.option("--dashboard-address", default=":8787", show_default=True,
-              help="Address of the diagnostic web dashboard. (This version passes it "
-                   "to the scheduler but serves no dashboard yet.)")
+              help="Address of the web dashboard and /metrics (a free port if 8787 "
+                   "is taken). See docs/monitoring.md.")
 @click.option("--dashboard/--no-dashboard", default=True, show_default=True,
               help="Serve the dashboard or not.")
 @click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
@@ -85,8 +85,6 @@ def scheduler(host: str | None, port: int, interface: str | None, dashboard_addr
             check_preloads_take_argv(preload_argv, service.preloads)
             service.start()
         try:
-            if service.dashboard_link:
-                log.info("Dashboard at: %s", service.dashboard_link)
             shutdown.wait(lambda: service.wait_closed(0))
             if shutdown.received:
                 log.info("%s received: closing", shutdown.reason)

@@ -35,6 +35,7 @@ from ..errors import (ClusterClosedError, CommClosedError, FrameTooLargeError,
 from ..versions import get_versions
 from ..worker import context
 from .actor_api import ActorMixin
+from .monitoring import MonitoringMixin
 from .operations import OperationsMixin
 from .futures import Future, Remote, as_completed, wait
 from .structures import ClientExecutor, bind, flatten, rebuild, unwrap
@@ -100,7 +101,7 @@ def _funcname(fn: Any) -> str:
     return name if name != "<lambda>" else "lambda"
 
 
-class Client(ActorMixin, OperationsMixin):
+class Client(ActorMixin, OperationsMixin, MonitoringMixin):
     """Connect to a cluster: ``Client(address | cluster, *, scheduler_file=, token=,
     timeout=)``. ``timeout`` (seconds) bounds connecting; it defaults to
     ``config.connect_timeout`` (10 s)."""

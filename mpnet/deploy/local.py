@@ -129,8 +129,22 @@ class LocalCluster:
         return self._status
 
     def __repr__(self) -> str:
-        return (f"<LocalCluster {self.scheduler_address} workers={len(self.workers)} "
-                f"{self._status}>")
+        n = len(self.workers)
+        memory = f" memory={self.memory_limit * n / 2**30:.1f} GiB" if self.memory_limit else ""
+        dashboard = f" dashboard={self.dashboard_link}" if self.dashboard_link else ""
+        return (f"<LocalCluster {self.scheduler_address} workers={n} "
+                f"threads={n * self.threads_per_worker}{memory}{dashboard} {self._status}>")
+
+    def _repr_html_(self) -> str:
+        from ..client.monitoring import cluster_html
+        snap = None
+        if self._status == "running":
+            from ..scheduler.snapshot import snapshot
+            try:
+                snap = self.loop.run_sync(snapshot, self.scheduler, timeout=2)
+            except Exception:        # a notebook repr must never raise
+                snap = None
+        return cluster_html("LocalCluster", self.scheduler_address, self._status, snap)
 
     def __enter__(self) -> "LocalCluster":
         return self

@@ -42,6 +42,7 @@ class Monitoring:
         self.dashboard = None
         self._timer = None
         self._exited_at: dict[str, float] = {}     # nanny → when its worker died
+        logring.install()          # from the first line ("Scheduler at: ...")
 
     @property
     def handlers(self) -> dict:
@@ -51,7 +52,6 @@ class Monitoring:
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         """Start sampling; serve the dashboard if the scheduler has an address for it."""
-        logring.install()
         s = self.scheduler
         if s.dashboard_address:
             from ..diagnostics.dashboard import Dashboard
