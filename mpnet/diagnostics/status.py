@@ -88,7 +88,7 @@ _Column = tuple[str, int, int, str, Callable[[dict], object]]
 def _fit(columns: list[_Column], width: int) -> list[_Column]:
     """Drop the highest-priority-number columns until the rest fit in ``width``."""
     chosen = list(columns)
-    while len(chosen) > 1 and sum(c[1] + 3 for c in chosen) > width:
+    while len(chosen) > 1 and sum(c[1] + 2 for c in chosen) > width:
         chosen.remove(max(chosen, key=lambda c: c[2]))
     return chosen
 
