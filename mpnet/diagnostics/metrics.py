@@ -49,6 +49,9 @@ METRICS = {
                                                 "heartbeat."),
     "mpnet_actors": ("gauge", "Actors that are not dead, by status."),
     "mpnet_actor_restarts_total": ("counter", "Times each live actor was restarted."),
+    "mpnet_actor_calls_total": ("counter", "Method calls each live actor received (as its "
+                                           "worker last reported)."),
+    "mpnet_actor_queued_calls": ("gauge", "Calls waiting in each live actor's mailbox."),
 }
 
 
@@ -130,6 +133,10 @@ def render(snap: dict) -> str:
     out.family("mpnet_actors", [("", {"status": s}, n) for s, n in sorted(by_status.items())])
     out.family("mpnet_actor_restarts_total", [
         ("", {"actor": a["key"], "class": a["class"]}, a["restarts"]) for a in snap["actors"]])
+    out.family("mpnet_actor_calls_total", [
+        ("", {"actor": a["key"], "class": a["class"]}, a["calls"]) for a in snap["actors"]])
+    out.family("mpnet_actor_queued_calls", [
+        ("", {"actor": a["key"], "class": a["class"]}, a["queued"]) for a in snap["actors"]])
     return "\n".join(out.lines) + "\n"
 
 

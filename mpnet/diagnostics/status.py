@@ -157,6 +157,8 @@ def _actors(snap: dict, width: int) -> Table:
         ("class", 10, 1, "left", lambda a: a["class"]),
         ("host", 9, 3, "left", lambda a: a["host"] or ""),
         ("status", 8, 1, "left", lambda a: a["status"]),
+        ("calls/s", 7, 1, "right", lambda a: f"{a.get('calls_per_second', 0):,.0f}"),
+        ("queued", 6, 2, "right", lambda a: f"{a.get('queued', 0):,}"),
         ("restarts", 8, 2, "right", lambda a: str(a["restarts"])),
     ]
     return _table(cols, snap["actors"], width)

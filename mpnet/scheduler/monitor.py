@@ -88,6 +88,7 @@ class Monitor:
         self.history: dict[str, deque] = {}    # worker address → (cpu %, memory bytes)
         self._last = (time.monotonic(), 0)
         self._by_prefix: dict[str, Group] = {}
+        self.actor_rates: dict[str, list] = {}   # actor key → [calls at last tick, calls/s]
 
     # --- the hot path: one call per task state change --------------------------------
     # Measured: about 1 us per task in all (benchmarks/bench_monitor.py); keep it lean.
@@ -171,7 +172,12 @@ class Monitor:
                 g._last_done = g.done
         self._last = (now, self.finished)
         alive = set()
+        rates = {}
         for ws in workers:
+            for key, (calls, _queued) in ws.metrics.get("actors", {}).items():
+                last = self.actor_rates.get(key)
+                rate = (calls - last[0]) / elapsed if last and elapsed > 0 else 0.0
+                rates[key] = [calls, max(0.0, rate)]
             alive.add(ws.address)
             ring = self.history.get(ws.address)
             if ring is None:
@@ -179,6 +185,7 @@ class Monitor:
             ring.append((ws.metrics.get("cpu", 0.0), ws.metrics.get("memory", 0)))
         for address in [a for a in self.history if a not in alive]:
             del self.history[address]
+        self.actor_rates = rates
 
     # --- reading ----------------------------------------------------------------------
     def task_counts(self) -> dict:

@@ -78,8 +78,12 @@ def snapshot(scheduler: "Scheduler", *, history: bool = False, events: int = 20)
     for a in st.actors.values():
         if a.status == "dead":
             continue
+        calls, queued = (a.worker.metrics.get("actors", {}).get(a.key, (0, 0))
+                         if a.worker is not None else (0, 0))
         actors.append({"key": a.key, "name": a.name, "class": group_name(a.key),
-                       "status": a.status, "restarts": a.restarts,
+                       "status": a.status, "restarts": a.restarts, "calls": calls,
+                       "queued": queued,
+                       "calls_per_second": round(mon.actor_rates.get(a.key, (0, 0.0))[1], 2),
                        "worker": a.worker.address if a.worker is not None else None,
                        "host": _host(a.worker.address) if a.worker is not None else ""})
     return {

@@ -150,6 +150,7 @@ class Worker(Transfer):
         })
         self.actor_host = ActorHost(self)
         self._actor_caller: Any = None
+        self.actor_calls: dict[str, int] = {}     # actor key → calls received (heartbeat)
         self._client: Any = None
 
     # --- lifecycle -----------------------------------------------------------------
@@ -486,6 +487,7 @@ class Worker(Transfer):
     # --- actors ----------------------------------------------------------------------
     def actor_host_call(self, conn: Connection, call_id: int, key: str, method: str,
                         args: Any, kwargs: Any, kind: str) -> None:
+        self.actor_calls[key] = self.actor_calls.get(key, 0) + 1
         self.actor_host.call(conn, call_id, key, method, args, kwargs, kind)
 
     def actor_caller(self) -> Any:
@@ -550,10 +552,15 @@ class Worker(Transfer):
             cpu = self._process.cpu_percent()
         except psutil.Error:
             rss, cpu = 0, 0.0
-        return {"memory": rss, "cpu": cpu, "paused": self.paused,
-                "executing": self.executor.executing,
-                "ready": len(self.tasks), "stored": len(self.store), "nbytes": self.store.nbytes,
-                "time": time.time()}
+        metrics = {"memory": rss, "cpu": cpu, "paused": self.paused,
+                   "executing": self.executor.executing,
+                   "ready": len(self.tasks), "stored": len(self.store),
+                   "nbytes": self.store.nbytes, "time": time.time()}
+        hosted = self.actor_host.actors
+        if hosted:     # for `mpnet top`: calls so far and calls waiting, per actor
+            metrics["actors"] = {key: [self.actor_calls.get(key, 0), a.mailbox.qsize()]
+                                 for key, a in hosted.items()}
+        return metrics
 
     def __repr__(self) -> str:
         return f"<Worker {self.address or '(not started)'} {self._status}>"

@@ -165,3 +165,30 @@ def test_page_in_headless_chromium(busy, tmp_path):
                            f"--screenshot={shot}", cluster.dashboard_link],
                    capture_output=True, timeout=60)
     assert shot.exists() and shot.stat().st_size > 5000
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self):
+        self.n += 1
+        return self.n
+
+
+def test_actor_calls_reach_status_and_metrics(busy):
+    cluster, _, _ = busy
+    with Client(cluster) as client:      # its direct link to the actor's worker closes too
+        counter = client.actor(Counter)
+        for _ in range(20):
+            counter.incr().result()
+
+        def reported():
+            return [a for a in client.get_status()["actors"] if a["calls"] == 20]
+        actor, = wait_for(reported, timeout=10, what="the heartbeat with the actor's calls")
+        assert actor["class"] == "Counter" and actor["status"] == "alive"
+        text = get(cluster.dashboard_link + "metrics")[2]
+        samples = {(s.name, s.labels.get("class")): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+        assert samples[("mpnet_actor_calls_total", "Counter")] == 20
+        del counter
