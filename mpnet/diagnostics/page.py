@@ -14,13 +14,14 @@ from html import escape
 __all__ = ["render_page"]
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7",
-            "#9c755f", "#bab0ac", "#e15759")
+            "#9c755f", "#bab0ac", "#86bcb6")
 _ERRED = "#d62728"
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1em 2em; color: #222; }
 h1 { font-size: 1.3em; margin-bottom: .2em; } h2 { font-size: 1.1em; margin-top: 1.4em; }
 .header span { margin-right: 1.5em; }
-table { border-collapse: collapse; } td, th { padding: 2px 10px; text-align: right; }
+table { border-collapse: collapse; } td, th { padding: 2px 10px; text-align: right;
+                                          white-space: nowrap; }
 th { border-bottom: 1px solid #888; } td.l, th.l { text-align: left; }
 .bar { display: inline-block; width: 120px; height: 10px; background: #eee;
        position: relative; vertical-align: middle; }
