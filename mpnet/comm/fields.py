@@ -145,6 +145,10 @@ FIELDS: dict[int, tuple[Check, ...]] = {
     Msg.WORKER_EXITED: (STR, opt(INT), opt(INT), STR, BOOL, opt(KEYS)),
     Msg.RESTART_WORKER: (STR,),
     Msg.GET_DATA: (INT, KEYS),
+    Msg.STATUS: (INT, dict_of(STR, ANY)),
+    Msg.TASK_STREAM: (INT, NUM, opt(nonneg(INT))),
+    Msg.GET_LOGS: (INT, one_of("scheduler", "workers"), nonneg(INT), opt(KEYS)),
+    Msg.LOGS: (INT, nonneg(INT)),
 }
 
 

@@ -87,9 +87,12 @@ class Monitoring:
 
     # --- requests from clients -------------------------------------------------------
     def _status(self, conn: "Connection", req_id: int, options: dict) -> None:
+        events = options.get("events", 20)
+        if type(events) is not int:      # a peer's value: never let it raise here
+            events = 20
         conn.reply(req_id, True, snapshot(self.scheduler,
-                                          history=bool(options.get("history")),
-                                          events=int(options.get("events", 20))))
+                                          history=options.get("history") is True,
+                                          events=max(0, min(events, 500))))
 
     def _task_stream(self, conn: "Connection", req_id: int, since: float,
                      n: int | None) -> None:

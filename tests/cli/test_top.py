@@ -61,6 +61,7 @@ def test_status_refused_without_the_token(cluster_and_token, tmp_path):
     cluster, _ = cluster_and_token
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-token")
+    wrong.chmod(0o600)
     done = run_cli("status", cluster.scheduler_address, "--token-file", str(wrong),
                    "--timeout", "3")
     assert done.returncode == 1
