@@ -83,7 +83,6 @@ class Monitor:
         self.events: deque = deque(maxlen=events)
         self.stream: deque = deque(maxlen=stream)
         self.started = time.time()
-        self.finished = 0                  # every task that finished in memory
         self.rate = 0.0                    # tasks/s, over the last tick
         self.history: dict[str, deque] = {}    # worker address → (cpu %, memory bytes)
         self._last = (time.monotonic(), 0)
@@ -99,9 +98,19 @@ class Monitor:
         counts[finish] += 1
         if finish == "processing":
             ts.started = _now()
-            ts.ran_on = ts.processing_on
+            ts.ran_on = ts.processing_on.address
         elif start == "processing":
-            self._ran(ts, group, finish)
+            # One run ended (in the one method, not a call more: this is per task).
+            stop = _now()
+            began = ts.started
+            if finish == "memory":
+                group.done += 1
+                seconds = stop - began
+                group.buckets[_bisect(DURATION_BUCKETS, seconds)] += 1
+                group.seconds += seconds
+            elif finish == "erred":
+                group.erred += 1
+            self.stream.append((group.name, ts.key, ts.ran_on, began, stop, finish))
         elif finish == "erred":
             group.erred += 1
 
@@ -138,22 +147,6 @@ class Monitor:
         if ts is not None and ts.group is None:
             self._adopt(ts, ts.state)
 
-    def _ran(self, ts: Any, group: Group, finish: str) -> None:
-        stop = _now()
-        start = ts.started
-        ws = ts.ran_on
-        ts.ran_on = None
-        if finish == "memory":
-            group.done += 1
-            self.finished += 1
-            seconds = stop - start
-            group.buckets[_bisect(DURATION_BUCKETS, seconds)] += 1
-            group.seconds += seconds
-        elif finish == "erred":
-            group.erred += 1
-        self.stream.append((group.name, ts.key, ws.address if ws is not None else "",
-                            start, stop, finish))
-
     # --- events ----------------------------------------------------------------------
     def event(self, kind: str, text: str, **fields: Any) -> None:
         """Remember something a person watching would want to know (bounded)."""
@@ -164,13 +157,14 @@ class Monitor:
         """Rates since the last tick, and one sparkline sample per worker."""
         now = time.monotonic() if now is None else now
         last_time, last_finished = self._last
+        finished = self.finished
         elapsed = now - last_time
         if elapsed > 0:
-            self.rate = (self.finished - last_finished) / elapsed
+            self.rate = (finished - last_finished) / elapsed
             for g in self.groups.values():
                 g.rate = (g.done - g._last_done) / elapsed
                 g._last_done = g.done
-        self._last = (now, self.finished)
+        self._last = (now, finished)
         alive = set()
         rates = {}
         for ws in workers:
@@ -188,6 +182,11 @@ class Monitor:
         self.actor_rates = rates
 
     # --- reading ----------------------------------------------------------------------
+    @property
+    def finished(self) -> int:
+        """Every task run that finished in memory (summed over the groups)."""
+        return sum(g.done for g in self.groups.values())
+
     def task_counts(self) -> dict:
         """``{state: number of tasks}`` over every group (forgotten ones not included)."""
         totals = dict.fromkeys(STATES, 0)

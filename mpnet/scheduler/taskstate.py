@@ -40,7 +40,7 @@ class TaskState:
         self.inline_to: frozenset = frozenset()  # clients that got the value itself
         self.group: Any = None                 # monitor.Group of its function name
         self.started = 0.0                     # time.time() it was sent to a worker
-        self.ran_on: Any = None                # that worker (for the task stream)
+        self.ran_on = ""                       # that worker's address (task stream)
 
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"

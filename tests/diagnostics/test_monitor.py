@@ -117,9 +117,9 @@ def test_tick_gives_rates_and_per_worker_history():
         def __init__(self, address, cpu):
             self.address, self.metrics = address, {"cpu": cpu, "memory": 100}
     mon.tick([W("a", 50.0)], now=100.0)
-    mon.finished = 30
+    mon._group("f").done = 30
     mon.tick([W("a", 75.0)], now=101.5)
-    assert mon.rate == 20.0
+    assert mon.rate == 20.0 and mon.groups["f"].rate == 20.0
     assert [c for c, _ in mon.history["a"]] == [50.0, 75.0]
     mon.tick([], now=102.0)
     assert "a" not in mon.history
