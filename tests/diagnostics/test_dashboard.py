@@ -192,3 +192,13 @@ def test_actor_calls_reach_status_and_metrics(busy):
                    for f in text_string_to_metric_families(text) for s in f.samples}
         assert samples[("mpnet_actor_calls_total", "Counter")] == 20
         del counter
+
+
+def test_notebook_and_plain_reprs(busy):
+    cluster, client, _ = busy
+    html = client._repr_html_()
+    assert cluster.scheduler_address in html and cluster.dashboard_link in html
+    assert "2 of 2" in html and cluster.token not in html
+    assert f'href="{cluster.dashboard_link}"' in cluster._repr_html_()
+    text = repr(cluster)
+    assert "workers=2" in text and "threads=2" in text and cluster.dashboard_link in text
