@@ -11,6 +11,7 @@ import time
 import psutil
 import pytest
 
+from tests.hosts import hosts  # noqa: F401  (session fixture: namespace hosts with sshd)
 
 
 def _children() -> set[int]:

@@ -19,7 +19,7 @@ What a test gets (``hosts`` fixture, session scoped, from tests/conftest.py)::
     hosts.user             the user the servers accept (the one running the tests)
     hosts.run(i, cmd)      subprocess.run of ``cmd`` inside host i (0-based), text output
     hosts.pids(i)          pids of every process inside host i, sshd excluded
-    hosts.mpnet_pids(i)    those whose command line mentions mpnet
+    hosts.mpnet_pids(i)    those running mpnet (its commands, and spawned worker processes)
     hosts.link_down(i) / hosts.link_up(i)   cut and restore host i's network
 
 Only root can make namespaces: elsewhere :func:`unavailable` gives the reason and the
@@ -286,12 +286,13 @@ class TestHosts:
         return [int(p) for p in found if int(p) != listener]
 
     def mpnet_pids(self, i: int) -> list[int]:
-        """Processes inside host ``i`` whose command line mentions mpnet."""
+        """Processes inside host ``i`` that run mpnet: its own commands and the worker
+        processes nannies spawn (``multiprocessing.spawn``)."""
         found = []
         for pid in self.pids(i):
             with contextlib.suppress(OSError):
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                if b"mpnet" in cmd:
+                if b"mpnet" in cmd or b"multiprocessing" in cmd:
                     found.append(pid)
         return found
 
@@ -328,3 +329,21 @@ class TestHosts:
 
     def __exit__(self, *exc) -> None:
         self.down()
+
+
+try:
+    import pytest
+except ImportError:          # scripts/testhosts.py runs without pytest
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture(scope="session")
+    def hosts(request) -> TestHosts:
+        """Three namespace hosts with sshd for the whole session (``MPNET_TEST_HOSTS``
+        changes the count); skipped with the reason where they cannot be made."""
+        why = unavailable()
+        if why:
+            pytest.skip(f"no namespace test hosts: {why}")
+        made = TestHosts(int(os.environ.get("MPNET_TEST_HOSTS", "3")))
+        request.addfinalizer(made.down)
+        return made.up()

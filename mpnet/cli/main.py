@@ -1,7 +1,8 @@
 """``mpnet``: the umbrella command, one subcommand per tool.
 
 ``mpnet scheduler`` is ``mpnet-scheduler`` and ``mpnet worker`` is ``mpnet-worker``, the
-same click commands registered twice; later tools (ssh, mpi, status, top) are added here.
+same click commands registered twice, and so on for ``mpnet ssh``; later tools (mpi,
+status, top) are added here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .logs import logs
 from .scheduler import scheduler
 from .status import status
 from .top import top
+from .ssh import ssh
 from .worker import worker
 
 __all__ = ["cli", "main"]
@@ -29,6 +31,7 @@ cli.add_command(worker)
 cli.add_command(status)
 cli.add_command(top)
 cli.add_command(logs)
+cli.add_command(ssh)
 
 
 def main() -> None:

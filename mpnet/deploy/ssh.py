@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import paramiko
 
 from ..comm.auth import new_token
+from ..config import make_config
 from .scheduler_file import remove_scheduler_file, write_scheduler_file
 from .ssh_connect import (ConnectOptions, HostSpec, SSHError, close_quietly, connect,
                           parse_host)
@@ -90,6 +91,8 @@ class SSHCluster:
     remote processes start. ``allow_missing`` worker hosts may fail to start.
     ``output(label, line)`` receives every remote output line (default: the
     ``mpnet.ssh.remote`` logger). ``timeout`` bounds the start-up, in seconds.
+    ``config`` holds :class:`~mpnet.config.Config` overrides for every remote process
+    (e.g. ``{"worker_ttl": 5}``); they are checked here, not first on the hosts.
     """
 
     def __init__(self, hosts: Sequence[str | HostSpec],
@@ -99,7 +102,8 @@ class SSHCluster:
                  scheduler: str | HostSpec | None = None, remote_dir: str | None = None,
                  token: str | None = None, scheduler_file: str | None = None,
                  log_directory: str | None = None, allow_missing: int = 0,
-                 output: Callable[[str, str], None] | None = None, timeout: float = 60.0):
+                 output: Callable[[str, str], None] | None = None, timeout: float = 60.0,
+                 config: dict | None = None):
         specs = _as_hosts(hosts)
         if scheduler is None:
             if not specs:
@@ -123,6 +127,8 @@ class SSHCluster:
         if "n_workers" in self.worker_options:      # dask's spelling
             self.worker_options["nworkers"] = self.worker_options.pop("n_workers")
         self.remote_dir = remote_dir
+        self.config = dict(config or {})
+        make_config(**self.config)              # a typo fails here, not on every host
         self.token = token or new_token()
         self.scheduler_file = scheduler_file
         self.log_directory = Path(log_directory).expanduser() if log_directory else None
@@ -168,7 +174,7 @@ class SSHCluster:
         self._scheduler = sched
         deadline = t0 + self.timeout
         sched.expect("hello", self._left(deadline))
-        sched.send({"role": "scheduler", "token": self.token,
+        sched.send({"role": "scheduler", "token": self.token, "config": self.config,
                     "port": self.scheduler_options.get("port", 8786),
                     **{k: v for k, v in self.scheduler_options.items() if k != "port"}})
         self.scheduler_address = sched.expect("scheduler", self._left(deadline))["address"]
@@ -246,6 +252,7 @@ class SSHCluster:
 
     def _start_workers(self, launched: list, deadline: float) -> None:
         spec = {"role": "workers", "token": self.token, "scheduler": self.scheduler_address,
+                "config": self.config,
                 "log_level": logging.getLogger("mpnet").getEffectiveLevel() or logging.INFO,
                 **self.worker_options}
         live: list[tuple[HostSpec, RemoteProcess]] = []

@@ -87,7 +87,7 @@ def _start_scheduler(spec: dict) -> list:
     from ..scheduler.server import Scheduler
     host = listen_host(spec, None)
     s = Scheduler(host, spec.get("port", 8786), token=spec["token"],
-                  idle_timeout=spec.get("idle_timeout"))
+                  idle_timeout=spec.get("idle_timeout"), **spec.get("config", {}))
     s.start()
     emit("scheduler", address=s.address, pid=os.getpid())
     return [s]
@@ -103,7 +103,8 @@ def _start_nannies(spec: dict) -> list:
     address = spec["scheduler"]
     sched_host, _ = parse_address(address)
     host = listen_host(spec, sched_host)
-    n = int(spec.get("nworkers") or 1)
+    n = spec.get("nworkers") or 1
+    n = (os.cpu_count() or 1) if n == "auto" else int(n)
     nthreads = spec.get("nthreads") or max(1, (os.cpu_count() or 1) // n)
     memory = spec.get("memory_limit", "auto")
     if isinstance(memory, str):
@@ -125,7 +126,8 @@ def _start_nannies(spec: dict) -> list:
         nannies.append(Nanny(address, name=name, nthreads=nthreads, host=host,
                              port=nanny_ports[i], worker_port=worker_ports[i],
                              memory_limit=memory, token=spec["token"], loop=loop,
-                             resources=spec.get("resources"), **extra))
+                             resources=spec.get("resources"),
+                             **{**spec.get("config", {}), **extra}))
     try:
         for nanny in nannies:
             nanny.start_nowait()
