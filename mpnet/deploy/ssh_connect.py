@@ -203,6 +203,9 @@ def _explain(e: BaseException, target: dict) -> str:
                  if keys else "the default keys and agent")
         return (f"authentication failed for user {target['username']!r} ({tried}); "
                 f"give --ssh-username or --ssh-private-key")
+    if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError) and e.errors:
+        first = next(iter(e.errors.values()))
+        return f"cannot connect to {where}: {first.strerror or first}"
     if isinstance(e, (socket.timeout, TimeoutError)):
         return f"cannot connect to {where}: timed out"
     if isinstance(e, paramiko.SSHException):
