@@ -149,6 +149,11 @@ MaxStartups 100
 MaxSessions 50
 LogLevel ERROR
 Subsystem sftp internal-sftp
+# bash skips ~/.bashrc when SHLVL says it is not a top-level shell. The hosts share this
+# machine's home directory, whose rc files (pyenv's rehash takes a global lock) would
+# serialise every session's start and, killed halfway, block later ones; separate
+# machines would each have their own.
+SetEnv SHLVL=1
 """
 
 

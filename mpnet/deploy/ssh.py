@@ -195,50 +195,48 @@ class SSHCluster:
         return max(0.1, deadline - time.monotonic())
 
     def _launch_all(self, hosts: list[HostSpec]) -> list[RemoteProcess | SSHError]:
-        """Connect to every host and launch its remote process, all at once.
+        """Connect to every host, then launch every remote process: each step on all hosts
+        at once, one thread per host (``mpnet-ssh-connect-<host>``) or process.
 
-        A host that appears twice (the scheduler's host also running workers) shares one
-        connection: the second launch waits for the first connect.
+        Launching only once every host is connected keeps the remote interpreters'
+        start-up (CPU-bound) from slowing the connections still being made. A host that
+        appears twice (the scheduler's host also running workers) shares one connection.
         """
-        results: list[RemoteProcess | SSHError | None] = [None] * len(hosts)
-        connections: dict[HostSpec, tuple[threading.Event, list]] = {}
-        for spec in hosts:
-            connections.setdefault(spec, (threading.Event(), []))
+        distinct = list(dict.fromkeys(hosts))
+        options = {spec: self._connect[hosts.index(spec)] for spec in distinct}
+        clients: dict[HostSpec, paramiko.SSHClient | SSHError] = {}
 
-        def launch(i: int) -> None:
-            spec, role = hosts[i], "scheduler" if i == 0 else "workers"
-            ready, holder = connections[spec]
+        def connect_one(spec: HostSpec) -> None:
             try:
-                if not ready.is_set() and not holder:
-                    holder.append(None)            # this thread connects
-                    try:
-                        client = connect(spec, self._connect[i])
-                        holder[0] = client
-                        with self._lock:
-                            self._clients.append(client)
-                    except SSHError as e:
-                        holder[0] = e
-                    finally:
-                        ready.set()
-                ready.wait()
-                client = holder[0]
-                if isinstance(client, SSHError):
-                    raise client
+                client = connect(spec, options[spec])
+            except SSHError as e:
+                clients[spec] = e
+                return
+            except Exception as e:              # a paramiko surprise: still one line
+                clients[spec] = SSHError(f"{spec}: {type(e).__name__}: {e}")
+                return
+            with self._lock:
+                self._clients.append(client)
+            clients[spec] = client
+
+        results: list[RemoteProcess | SSHError | None] = [None] * len(hosts)
+
+        def launch_one(i: int) -> None:
+            spec, role = hosts[i], "scheduler" if i == 0 else "workers"
+            client = clients[spec]
+            if isinstance(client, SSHError):
+                results[i] = client
+                return
+            try:
                 results[i] = RemoteProcess(
                     client, f"{spec} {role}", remote_command(self._pythons[i], self.remote_dir),
                     output=self._output, log_file=self._open_log(spec, role),
                     python=self._pythons[i])
             except SSHError as e:
                 results[i] = e
-            except Exception as e:               # a paramiko surprise: still one line
-                results[i] = SSHError(f"{spec}: {type(e).__name__}: {e}")
 
-        threads = [threading.Thread(target=launch, args=(i,), name=f"mpnet-ssh-connect-{h}")
-                   for i, h in enumerate(hosts)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _in_threads([(f"mpnet-ssh-connect-{spec}", connect_one, spec) for spec in distinct])
+        _in_threads([(f"mpnet-ssh-launch-{i}", launch_one, i) for i in range(len(hosts))])
         return results  # type: ignore[return-value]
 
     def _open_log(self, spec: HostSpec, role: str) -> Any:
@@ -351,6 +349,15 @@ class SSHCluster:
         for proc in procs:
             proc.exit_status(max(0.0, deadline - time.monotonic()))
 
+
+
+def _in_threads(calls: list[tuple[str, Callable, Any]]) -> None:
+    """Run each ``fn(arg)`` in a named thread of its own; return when all are done."""
+    threads = [threading.Thread(target=fn, args=(arg,), name=name) for name, fn, arg in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _default_python() -> str:
