@@ -46,6 +46,8 @@ __all__ = ["SSHCluster", "SSHError", "StartTimes"]
 log = logging.getLogger("mpnet.ssh")
 remote_log = logging.getLogger("mpnet.ssh.remote")
 
+KEEPALIVE_INTERVAL = 1.0     # seconds between keepalive lines to every remote process
+
 _SCHEDULER_OPTIONS = {"port", "host", "interface", "idle_timeout"}
 _WORKER_OPTIONS = {"nworkers", "n_workers", "nthreads", "memory_limit", "worker_port",
                    "nanny_port", "host", "interface", "death_timeout", "name", "resources"}
@@ -145,6 +147,8 @@ class SSHCluster:
         self._log_files: list[Any] = []
         self._lock = threading.Lock()
         self._status = "starting"
+        self._stop_keepalive = threading.Event()
+        self._keepalive: threading.Thread | None = None
         self._id = f"ssh-{os.getpid()}-{new_token()[:8]}"
         try:
             self._start()
@@ -152,6 +156,15 @@ class SSHCluster:
             self.close()
             raise
         self._status = "running"
+        self._keepalive = threading.Thread(target=self._send_keepalives,
+                                           name="mpnet-ssh-keepalive")
+        self._keepalive.start()
+
+    def _send_keepalives(self) -> None:
+        while not self._stop_keepalive.wait(KEEPALIVE_INTERVAL):
+            for proc in [self._scheduler, *self._worker_procs]:
+                if proc is not None:
+                    proc.keepalive()
 
     @staticmethod
     def _per_host(options: dict | list[dict] | None, n: int, what: str) -> list[dict]:
@@ -175,6 +188,7 @@ class SSHCluster:
         deadline = t0 + self.timeout
         sched.expect("hello", self._left(deadline))
         sched.send({"role": "scheduler", "token": self.token, "config": self.config,
+                    "silence_timeout": self._silence_timeout(),
                     "port": self.scheduler_options.get("port", 8786),
                     **{k: v for k, v in self.scheduler_options.items() if k != "port"}})
         self.scheduler_address = sched.expect("scheduler", self._left(deadline))["address"]
@@ -189,6 +203,12 @@ class SSHCluster:
         log.info("cluster up: 1 scheduler, %d workers on %d hosts in %.2f s (ssh phase "
                  "%.2f s)", len(self.workers), len({w["host"] for w in self.workers}),
                  self.times.total, self.times.ssh)
+
+    def _silence_timeout(self) -> float:
+        """Seconds without a keepalive after which a remote process stops: the workers'
+        death timeout, as for a lost scheduler."""
+        return (self.worker_options.get("death_timeout")
+                or make_config(**self.config).death_timeout)
 
     @staticmethod
     def _left(deadline: float) -> float:
@@ -250,7 +270,7 @@ class SSHCluster:
 
     def _start_workers(self, launched: list, deadline: float) -> None:
         spec = {"role": "workers", "token": self.token, "scheduler": self.scheduler_address,
-                "config": self.config,
+                "config": self.config, "silence_timeout": self._silence_timeout(),
                 "log_level": logging.getLogger("mpnet").getEffectiveLevel() or logging.INFO,
                 **self.worker_options}
         live: list[tuple[HostSpec, RemoteProcess]] = []
@@ -324,6 +344,9 @@ class SSHCluster:
             if self._status == "closed":
                 return
             self._status = "closing"
+        self._stop_keepalive.set()
+        if self._keepalive is not None:
+            self._keepalive.join()
         deadline = time.monotonic() + timeout
         try:
             self._stop(self._worker_procs, deadline - timeout / 3)

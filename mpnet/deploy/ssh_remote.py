@@ -12,7 +12,9 @@ The token arrives on stdin, so it is never on a command line ``ps`` can show. Th
 addresses leave as JSON events, never as log text that a log level could hide. When the
 ssh session ends (Ctrl-C, a closed or killed local process, a dropped connection), stdin
 reaches EOF and this process closes its services gracefully; its worker processes die with
-their nanny if it is killed instead. SIGTERM and SIGINT close it the same way.
+their nanny if it is killed instead. SIGTERM and SIGINT close it the same way. The local
+side also writes a keepalive line every second: after ``silence_timeout`` seconds without
+one (the network to this host cut), this process closes all the same.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import select
 import socket
 import sys
+import time
 from typing import Any
 
 MARKER = "MPNET-SSH "
@@ -72,15 +75,35 @@ def listen_host(spec: dict, toward: str | None) -> str | None:
     return _ssh_server_address()
 
 
-def _stdin_closed() -> bool:
-    """True once the local side closed the channel (EOF on stdin); never blocks."""
-    readable, _, _ = select.select([0], [], [], 0)
-    if not readable:
+class _Session:
+    """The ssh session as seen from here. The local side writes a keepalive line every
+    second; EOF means it closed the session, and ``timeout`` seconds of silence mean it
+    is unreachable (a cut network, which sshd alone would not notice for a long time)."""
+
+    def __init__(self, timeout: float | None):
+        self.timeout = timeout
+        self.last = time.monotonic()
+        self.why = ""
+
+    def ended(self) -> bool:
+        """Never blocks: reads whatever stdin holds."""
+        if self.why:
+            return True
+        readable, _, _ = select.select([0], [], [], 0)
+        if readable:
+            try:
+                data = os.read(0, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                self.why = "the ssh session ended"
+                return True
+            self.last = time.monotonic()
+        if self.timeout and time.monotonic() - self.last > self.timeout:
+            self.why = (f"no word from mpnet ssh for {self.timeout:.0f}s (network cut, or "
+                        "its host is down)")
+            return True
         return False
-    try:
-        return os.read(0, 4096) == b""
-    except OSError:
-        return True
 
 
 def _start_scheduler(spec: dict) -> list:
@@ -182,11 +205,11 @@ def main() -> int:
             log.debug("start failed", exc_info=True)
             _close(services)
             return 1
+        session = _Session(spec.get("silence_timeout"))
         emit("ready")
         try:
-            shutdown.wait(lambda: _stdin_closed() or all(_finished(s) for s in services))
-            why = (shutdown.reason or ("the ssh session ended" if _stdin_closed() else
-                                       "the services stopped by themselves"))
+            shutdown.wait(lambda: session.ended() or all(_finished(s) for s in services))
+            why = (shutdown.reason or session.why or "the services stopped by themselves")
             log.info("closing (%s)", why)
         finally:
             _close(services)

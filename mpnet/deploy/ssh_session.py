@@ -162,6 +162,13 @@ class RemoteProcess:
             self.channel.status_event.wait(max(0.0, min(0.5, deadline - time.monotonic())))
         return self.channel.recv_exit_status()
 
+    def keepalive(self) -> None:
+        """One empty line: tells the remote process this side is still there. Skipped when
+        the channel cannot take it at once (a stalled link must not block the caller)."""
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            if not self.channel.closed and self.channel.send_ready():
+                self.channel.send(b"\n")
+
     def stop(self) -> None:
         """EOF on the remote stdin: the remote process closes its services and exits."""
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):

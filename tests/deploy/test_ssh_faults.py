@@ -100,3 +100,21 @@ def test_link_cut_then_restored_workers_rejoin(hosts):
         wait_for(lambda: workers_on(client, lost_host), 20, what="the host's workers rejoin")
         assert client.submit(inc, 1, workers=workers_on(client, lost_host)).result(20) == 2
     wait_for(lambda: no_remote_processes(hosts), 10, what="every remote process to exit")
+
+
+def test_link_cut_for_good_its_processes_exit_within_the_death_timeout(hosts):
+    lost = hosts.n - 1
+    with SSHCluster(hosts.addresses[:1] + hosts.addresses[lost:], dict(
+            key_filename=str(hosts.key_path), known_hosts=str(hosts.known_hosts),
+            config_file=os.devnull), {"nworkers": 1, "nthreads": 1, "death_timeout": 2},
+            remote_dir=ROOT) as cluster:
+        assert hosts.mpnet_pids(lost)
+        try:
+            hosts.link_down(lost)
+            # the death timeout (2 s), then a graceful close: bounded by the wait below
+            wait_for(lambda: not hosts.mpnet_pids(lost), 10,
+                     what="the cut-off host's processes to exit")
+        finally:
+            hosts.link_up(lost)
+        assert cluster.scheduler_alive()
+    wait_for(lambda: no_remote_processes(hosts), 10, what="every remote process to exit")
