@@ -37,4 +37,13 @@ __all__ = [
     "ConnectTimeoutError", "SerializationError", "ClusterClosedError", "WorkerLostError",
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",
     "FrameTooLargeError", "TokenFileError",
+    "SSHCluster", "SSHError",
 ]
+
+
+def __getattr__(name: str):
+    # SSHCluster brings paramiko (~0.1 s to import): loaded only for those who use it.
+    if name in ("SSHCluster", "SSHError"):
+        from .deploy import ssh
+        return getattr(ssh, name)
+    raise AttributeError(f"module 'mpnet' has no attribute {name!r}")

@@ -20,8 +20,6 @@ from typing import Any
 
 import click
 
-from ..deploy.ssh import SSHCluster
-from ..deploy.ssh_connect import parse_host, read_hostfile
 from .common import (Command, Duration, PortRange, Shutdown, read_token_file,
                      service_errors, setup_logging, version_option)
 
@@ -71,6 +69,7 @@ class _Printer:
 
 
 def _hosts(hosts: tuple[str, ...], hostfile: str | None) -> list:
+    from ..deploy.ssh_connect import parse_host, read_hostfile
     try:
         found = [parse_host(h) for h in hosts]
         if hostfile:
@@ -153,6 +152,9 @@ def _nworkers(value: str) -> int | str:
               help="How long the whole start may take.")
 @version_option("mpnet-ssh")
 def ssh(**o: Any) -> None:
+    # imported here: paramiko takes ~0.1 s to import, which no other mpnet command needs
+    from ..deploy.ssh import SSHCluster
+    from ..deploy.ssh_connect import parse_host
     setup_logging()
     hosts = _hosts(o["hosts"], o["hostfile"])
     scheduler = parse_host(o["scheduler"]) if o["scheduler"] else hosts[0]

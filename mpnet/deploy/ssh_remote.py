@@ -183,6 +183,18 @@ def _close(services: list) -> None:
             s.close()
 
 
+def _one_line(e: BaseException) -> str:
+    import click
+    from ..errors import MpnetError
+    if isinstance(e, click.ClickException):        # a bad --interface or port range
+        text = e.format_message()
+    elif isinstance(e, (MpnetError, OSError, ValueError)):
+        text = str(e)
+    else:
+        text = f"{type(e).__name__}: {e}"
+    return text.replace("\n", " ")
+
+
 def main() -> int:
     from .. import __version__
     emit("hello", pid=os.getpid(), python=sys.version.split()[0], mpnet=__version__,
@@ -201,7 +213,7 @@ def main() -> int:
             else:
                 services = _start_nannies(spec)
         except BaseException as e:      # reported as one line, then the traceback in the log
-            emit("error", message=f"{type(e).__name__}: {e}".replace("\n", " "))
+            emit("error", message=_one_line(e))
             log.debug("start failed", exc_info=True)
             _close(services)
             return 1

@@ -203,3 +203,19 @@ def test_allow_missing_starts_with_the_hosts_that_came_up(hosts):
         assert [host_of(w["address"]) for w in cluster.workers] == [hosts.addresses[1]]
         assert list(cluster.failed) == [hosts.addresses[2]]
     wait_for(lambda: no_remote_processes(hosts), 5, what="every remote process to exit")
+
+
+def test_interface_is_resolved_on_each_host(hosts):
+    """``eth0`` is 10.250.0.X inside each host but another address here: the remote side
+    must look it up; a missing interface is one line naming the host."""
+    with SSHCluster(hosts.addresses[:2], connect_options(hosts),
+                    {"nworkers": 1, "nthreads": 1, "interface": "eth0"},
+                    {"interface": "eth0", "port": 0}, remote_dir=ROOT) as cluster:
+        assert host_of(cluster.scheduler_address) == hosts.addresses[0]
+        assert [host_of(w["address"]) for w in cluster.workers] == [hosts.addresses[1]]
+        assert host_of(cluster.workers[0]["nanny"]) == hosts.addresses[1]
+    with pytest.raises(SSHError, match=rf"^{hosts.addresses[0]} scheduler: .*no network "
+                                       r"interface 'ib9'"):
+        SSHCluster(hosts.addresses[:1], connect_options(hosts), None, {"interface": "ib9"},
+                   remote_dir=ROOT)
+    wait_for(lambda: no_remote_processes(hosts), 5, what="every remote process to exit")
