@@ -39,7 +39,7 @@ from ..preload import PreloadError
 
 __all__ = ["Command", "Group", "version_option", "service_errors", "check_preload_argv",
            "check_preloads_take_argv", "Duration", "PortRange", "share_ports",
-           "checked_address", "interface_address", "choose_host", "read_token_file",
+           "checked_address", "interface_address", "route_address", "choose_host", "read_token_file",
            "setup_logging", "pid_file", "Shutdown", "FIREWALL_HELP"]
 
 log = logging.getLogger("mpnet.cli")
@@ -198,14 +198,36 @@ def interface_address(name: str) -> str:
                              param_hint="'--interface'")
 
 
-def choose_host(host: str | None, interface: str | None) -> str | None:
-    """The host to listen on, from ``--host`` (a name or address) or ``--interface``."""
+def route_address(host: str) -> str:
+    """This machine's address on its route to ``host``: the one ``host`` can reach it at.
+
+    A UDP ``connect`` sends nothing; it only asks the kernel which source address it
+    would use. On a machine with several networks this picks the right one, where the
+    first interface that is up (``outward_host``) may be on another network.
+    """
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        from ..comm.addressing import outward_host
+        return outward_host()
+
+
+def choose_host(host: str | None, interface: str | None,
+                toward: str | None = None) -> str | None:
+    """The host to listen on, from ``--host`` (a name or address) or ``--interface``;
+    failing both, with ``toward`` (a peer's host), this machine's address on the route to
+    it; else None (the caller's default)."""
     if host and interface:
         raise click.UsageError("give --host or --interface, not both")
     if interface:
         return interface_address(interface)
     if host:
         return checked_address(host, "--host", default_port=0)[0]
+    if toward:
+        return route_address(toward)
     return None
 
 

@@ -39,21 +39,6 @@ def emit(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
-def route_address(host: str, port: int = 9) -> str:
-    """The address of this machine on the route to ``host``: what ``host`` can reach us at.
-
-    A UDP ``connect`` sends nothing; it only asks the kernel which interface it would use.
-    """
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((host, port))
-            return s.getsockname()[0]
-    except OSError:
-        from ..comm.addressing import outward_host
-        return outward_host()
-
-
 def _ssh_server_address() -> str | None:
     """The address the local side reached this host at (``SSH_CONNECTION``'s third field)."""
     fields = os.environ.get("SSH_CONNECTION", "").split()
@@ -67,12 +52,8 @@ def listen_host(spec: dict, toward: str | None) -> str | None:
     the remote host), else the address on the route to the scheduler (workers) or the one
     the ssh session came in on (the scheduler)."""
     from ..cli.common import choose_host
-    chosen = choose_host(spec.get("host"), spec.get("interface"))
-    if chosen:
-        return chosen
-    if toward:
-        return route_address(toward)
-    return _ssh_server_address()
+    return (choose_host(spec.get("host"), spec.get("interface"), toward)
+            or _ssh_server_address())
 
 
 class _Session:
