@@ -54,7 +54,7 @@ __all__ = ["TestHosts", "unavailable", "remove_stale", "SSHD"]
 
 SSHD = "/usr/sbin/sshd"
 _PREFIX = "mpnet-t"          # namespaces: mpnet-t<pid>-<i>
-_LOCK = "/run/lock/mpnet-testhosts.lock"
+_LOCK = os.path.join(tempfile.gettempdir(), "mpnet-testhosts.lock")   # one per machine
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -150,15 +150,16 @@ class SSHCluster:
         self._stop_keepalive = threading.Event()
         self._keepalive: threading.Thread | None = None
         self._id = f"ssh-{os.getpid()}-{new_token()[:8]}"
+        # from the start: a scheduler waiting for slow workers must not think us gone
+        self._keepalive = threading.Thread(target=self._send_keepalives,
+                                           name="mpnet-ssh-keepalive")
+        self._keepalive.start()
         try:
             self._start()
         except BaseException:
             self.close()
             raise
         self._status = "running"
-        self._keepalive = threading.Thread(target=self._send_keepalives,
-                                           name="mpnet-ssh-keepalive")
-        self._keepalive.start()
 
     def _send_keepalives(self) -> None:
         while not self._stop_keepalive.wait(KEEPALIVE_INTERVAL):
@@ -186,7 +187,7 @@ class SSHCluster:
             raise sched
         self._scheduler = sched
         deadline = t0 + self.timeout
-        sched.expect("hello", self._left(deadline))
+        _check_versions(sched, sched.expect("hello", self._left(deadline)))
         sched.send({"role": "scheduler", "token": self.token, "config": self.config,
                     "silence_timeout": self._silence_timeout(),
                     "port": self.scheduler_options.get("port", 8786),
@@ -280,7 +281,7 @@ class SSHCluster:
                 continue
             self._worker_procs.append(proc)
             try:
-                proc.expect("hello", self._left(deadline))
+                _check_versions(proc, proc.expect("hello", self._left(deadline)))
                 proc.send(spec)
                 live.append((host, proc))
             except SSHError as e:
@@ -372,6 +373,17 @@ class SSHCluster:
         for proc in procs:
             proc.exit_status(max(0.0, deadline - time.monotonic()))
 
+
+
+def _check_versions(proc: RemoteProcess, hello: dict) -> None:
+    """Warn when a host runs another mpnet or Python: pickled functions may not load."""
+    import platform
+    from .. import __version__
+    here = (__version__, ".".join(platform.python_version_tuple()[:2]))
+    there = (hello.get("mpnet"), ".".join(str(hello.get("python", "")).split(".")[:2]))
+    if here != there:
+        log.warning("%s runs mpnet %s on Python %s, this side mpnet %s on Python %s: tasks "
+                    "may fail to unpickle; give --remote-python", proc.label, *there, *here)
 
 
 def _in_threads(calls: list[tuple[str, Callable, Any]]) -> None:

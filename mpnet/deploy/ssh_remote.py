@@ -181,6 +181,8 @@ def main() -> int:
     emit("hello", pid=os.getpid(), python=sys.version.split()[0], mpnet=__version__,
          hostname=socket.gethostname())
     line = sys.stdin.readline()
+    while line == "\n":        # a keepalive, should one ever come first
+        line = sys.stdin.readline()
     if not line:
         return 0                 # the local side gave up before sending the spec
     spec = json.loads(line)

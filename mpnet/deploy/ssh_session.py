@@ -53,6 +53,7 @@ class RemoteProcess:
         self._lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
         self._lines_lock = threading.Lock()
         self.events: queue.Queue[dict | None] = queue.Queue()
+        self._spec_sent = False     # keepalives only after the spec: it must be line one
         transport = client.get_transport()
         if transport is None or not transport.is_active():
             raise SSHError(f"{label}: the ssh connection is closed")
@@ -109,6 +110,7 @@ class RemoteProcess:
             self.channel.sendall((json.dumps(spec) + "\n").encode())
         except (OSError, paramiko.SSHException) as e:
             raise SSHError(f"{self.label}: the ssh channel closed: {e}") from None
+        self._spec_sent = True
 
     def next_event(self, timeout: float, waiting_for: str) -> dict:
         """The next event; an SSHError if it reports an error, the process is gone, or
@@ -166,7 +168,7 @@ class RemoteProcess:
         """One empty line: tells the remote process this side is still there. Skipped when
         the channel cannot take it at once (a stalled link must not block the caller)."""
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-            if not self.channel.closed and self.channel.send_ready():
+            if self._spec_sent and not self.channel.closed and self.channel.send_ready():
                 self.channel.send(b"\n")
 
     def stop(self) -> None:
