@@ -123,13 +123,15 @@ def _nworkers(value: str) -> int | str:
               help="Listen and advertise on this network interface (ib0) on every host  "
                    "[default: the address each host reaches the scheduler from]")
 @click.option("--death-timeout", type=Duration(), default=None,
-              help="How long workers try to reach a lost scheduler before exiting.")
+              help="How long workers try to reach a lost scheduler, and remote processes "
+                   "wait without word from this command (a cut network), before exiting  "
+                   "[default: 60s]")
 @click.option("--remote-python", default=None, metavar="PATH",
               help="Python on the hosts (with mpnet installed)  [default: this "
                    "command's own interpreter path]")
 @click.option("--remote-dir", default=None, metavar="DIR",
               help="Directory the remote processes start in.")
-@click.option("--log-directory", type=click.Path(file_okay=False), default=None,
+@click.option("--log-directory", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also write each remote process's output to DIR/HOST-ROLE.log here.")
 @click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
               help="Write the scheduler's address and token here (mode 0600) for "
