@@ -186,14 +186,14 @@ def connect(spec: HostSpec, options: ConnectOptions) -> paramiko.SSHClient:
         raise
     except BaseException as e:
         client.close()
-        raise SSHError(f"{label}: {_explain(e, target)}") from None
+        raise SSHError(f"{label}: {_explain(e, target, options)}") from None
     transport = client.get_transport()
     if transport is not None:
         transport.set_keepalive(5)      # notice a dead link from this side too
     return client
 
 
-def _explain(e: BaseException, target: dict) -> str:
+def _explain(e: BaseException, target: dict, options: ConnectOptions) -> str:
     """What went wrong, in words a user can act on."""
     where = f"{target['hostname']}:{target['port']}"
     if isinstance(e, socket.gaierror):
@@ -205,7 +205,9 @@ def _explain(e: BaseException, target: dict) -> str:
     if isinstance(e, paramiko.AuthenticationException):
         keys = target["key_filename"]
         tried = (f"key {keys}" if isinstance(keys, str) else f"keys {', '.join(keys)}"
-                 if keys else "the default keys and agent")
+                 if keys else "no key" if keys is not None else "the default keys and agent")
+        if options.password is not None:
+            tried += " and a password, refused"
         return (f"authentication failed for user {target['username']!r} ({tried}); "
                 f"give --ssh-username or --ssh-private-key")
     if isinstance(e, (socket.timeout, TimeoutError)):

@@ -165,7 +165,7 @@ def test_unknown_host_key_is_refused_then_accepted_and_recorded(hosts, tmp_path)
 
 
 @pytest.mark.parametrize("case", ["unknown-host", "refused-port", "refused-key",
-                                  "no-python", "no-mpnet"])
+                                  "wrong-password", "no-python", "no-mpnet"])
 def test_bad_input_is_one_line_naming_the_host(hosts, tmp_path, case):
     good = hosts.addresses[1]
     options = connect_options(hosts)
@@ -180,6 +180,8 @@ def test_bad_input_is_one_line_naming_the_host(hosts, tmp_path, case):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
                        check=True)
         options["key_filename"] = str(other)
+    elif case == "wrong-password":
+        options.update(key_filename=[], password="not-the-password")
     elif case == "no-python":
         python = "/nonexistent/python3"
     elif case == "no-mpnet":
@@ -190,7 +192,8 @@ def test_bad_input_is_one_line_naming_the_host(hosts, tmp_path, case):
     message = str(e.value)
     assert "\n" not in message and message.startswith(host.split(":")[0]), message
     expected = {"unknown-host": "unknown host", "refused-port": "cannot connect",
-                "refused-key": "authentication failed", "no-python": "not found",
+                "refused-key": "authentication failed",
+                "wrong-password": "a password, refused", "no-python": "not found",
                 "no-mpnet": "mpnet is not installed"}[case]
     assert expected in message
     wait_for(lambda: no_remote_processes(hosts), 5, what="every remote process to exit")
