@@ -84,6 +84,12 @@ def test_host_specs_and_hostfile(tmp_path):
     assert read_hostfile(f)[1].user == "bob"
 
 
+def test_no_namespaces_without_root(monkeypatch):
+    from tests.hosts import unavailable
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "need root" in unavailable()
+
+
 # --- a cluster across hosts ----------------------------------------------------------
 
 def test_sshcluster_runs_on_every_host_and_leaves_nothing(hosts):
