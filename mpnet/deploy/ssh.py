@@ -23,11 +23,13 @@ process killed, the connection lost) sees the same EOF and exits the same way.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,6 +47,8 @@ __all__ = ["SSHCluster", "SSHError", "StartTimes"]
 
 log = logging.getLogger("mpnet.ssh")
 remote_log = logging.getLogger("mpnet.ssh.remote")
+
+_live: "weakref.WeakSet[SSHCluster]" = weakref.WeakSet()
 
 KEEPALIVE_INTERVAL = 1.0     # seconds between keepalive lines to every remote process
 
@@ -151,8 +155,10 @@ class SSHCluster:
         self._keepalive: threading.Thread | None = None
         self._id = f"ssh-{os.getpid()}-{new_token()[:8]}"
         # from the start: a scheduler waiting for slow workers must not think us gone
+        # daemon, joined by close(): a cluster the script forgot must not hang the
+        # interpreter's exit before the atexit hook below closes it
         self._keepalive = threading.Thread(target=self._send_keepalives,
-                                           name="mpnet-ssh-keepalive")
+                                           name="mpnet-ssh-keepalive", daemon=True)
         self._keepalive.start()
         try:
             self._start()
@@ -160,6 +166,7 @@ class SSHCluster:
             self.close()
             raise
         self._status = "running"
+        _live.add(self)
 
     def _send_keepalives(self) -> None:
         while not self._stop_keepalive.wait(KEEPALIVE_INTERVAL):
@@ -365,6 +372,7 @@ class SSHCluster:
             if self.scheduler_file and self.scheduler_address:
                 remove_scheduler_file(self.scheduler_file, self._id)
             self._status = "closed"
+            _live.discard(self)
 
     @staticmethod
     def _stop(procs: list[RemoteProcess], deadline: float) -> None:
@@ -384,6 +392,12 @@ def _check_versions(proc: RemoteProcess, hello: dict) -> None:
     if here != there:
         log.warning("%s runs mpnet %s on Python %s, this side mpnet %s on Python %s: tasks "
                     "may fail to unpickle; give --remote-python", proc.label, *there, *here)
+
+
+@atexit.register
+def _close_forgotten_clusters() -> None:
+    for cluster in list(_live):
+        cluster.close()
 
 
 def _in_threads(calls: list[tuple[str, Callable, Any]]) -> None:
