@@ -39,8 +39,8 @@ from ..preload import PreloadError
 
 __all__ = ["Command", "Group", "version_option", "service_errors", "check_preload_argv",
            "check_preloads_take_argv", "Duration", "PortRange", "share_ports",
-           "checked_address", "interface_address", "route_address", "choose_host", "read_token_file",
-           "setup_logging", "pid_file", "Shutdown", "FIREWALL_HELP"]
+           "checked_address", "interface_address", "route_address", "choose_host",
+           "read_token_file", "setup_logging", "pid_file", "Shutdown", "FIREWALL_HELP"]
 
 log = logging.getLogger("mpnet.cli")
 
