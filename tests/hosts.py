@@ -77,7 +77,15 @@ def unavailable() -> str | None:
     made = _ip("netns", "add", probe, check=False)
     if made.returncode != 0:
         return f"cannot make a network namespace: {made.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
+    try:                        # veths and a bridge, inside the probe so nothing shows
+        for what, args in (("a veth pair", ("veth", "peer", "name", "p1")),
+                           ("a bridge", ("bridge",))):
+            made = _ip("-n", probe, "link", "add", f"p{len(args)}x", "type", *args,
+                       check=False)
+            if made.returncode != 0:
+                return f"cannot make {what}: {made.stderr.strip()}"
+    finally:
+        _ip("netns", "del", probe, check=False)
     return None
 
 
