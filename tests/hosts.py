@@ -29,7 +29,8 @@ Nothing of the machine's own ssh set-up is read or changed: every file sshd and 
 use lives in a temporary folder (the one exception: ``/run/sshd``, the empty directory
 OpenSSH's privilege separation needs, is created if missing, as the package's boot script
 would). :meth:`TestHosts.down` kills every process in the namespaces and removes them, the
-veths and the bridge; :func:`remove_stale` removes what a killed run left behind.
+veths and the bridge; :func:`remove_stale` removes what a killed run left behind
+(namespaces, bridge, temporary folder), and runs at every :meth:`TestHosts.up`.
 ``python scripts/testhosts.py up 3`` makes the same hosts by hand.
 """
 
@@ -113,6 +114,11 @@ def remove_stale() -> list[str]:
         if m and not _alive(int(m.group(2))):
             _ip("link", "del", m.group(1), check=False)
             removed.append(m.group(1))
+    for folder in Path(tempfile.gettempdir()).glob("mpnet-testhosts-*-*"):
+        m = re.fullmatch(r"mpnet-testhosts-(\d+)-.*", folder.name)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
     return removed
 
 
@@ -175,7 +181,7 @@ class TestHosts:
         self.tag = str(os.getpid())
         self.namespaces = [f"{_PREFIX}{self.tag}-{i + 1}" for i in range(n)]
         self.bridge = f"mpbr{self.tag}"
-        self.tmp = Path(tempfile.mkdtemp(prefix="mpnet-testhosts-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"mpnet-testhosts-{self.tag}-"))
         self.home = self.tmp / "home"
         self.key_path = self.home / ".ssh" / "id_ed25519"
         self.known_hosts = self.home / ".ssh" / "known_hosts"
