@@ -1,8 +1,8 @@
 """``mpnet``: the umbrella command, one subcommand per tool.
 
 ``mpnet scheduler`` is ``mpnet-scheduler`` and ``mpnet worker`` is ``mpnet-worker``, the
-same click commands registered twice, and so on for ``mpnet ssh``; later tools (mpi,
-status, top) are added here.
+same click commands registered twice, and so on for ``mpnet ssh``; later tools (mpi)
+are added here.
 """
 
 from __future__ import annotations
