@@ -30,6 +30,15 @@ class Config:
     max_frame_bytes: int = 1 << 30
     #: a peer that stops in the middle of a frame for this long is disconnected
     frame_stall_timeout: float = 30.0
+    # --- TLS (docs/security-tls.md); "" = not set -----------------------------------
+    #: PEM certificate this process shows (a server's, and a client's for mutual TLS);
+    #: setting it makes listeners speak TLS (tls:// addresses)
+    tls_cert: str = ""
+    #: PEM private key of tls_cert ("" when the key is inside the tls_cert file)
+    tls_key: str = ""
+    #: PEM CA certificate(s): clients verify servers against it, and servers given it
+    #: require a client certificate it signed (mutual TLS)
+    tls_ca_file: str = ""
     # --- serialization -----------------------------------------------------------
     #: buffers at least this large travel out-of-band (no copy into the body)
     oob_threshold: int = 64 * 1024

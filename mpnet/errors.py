@@ -6,6 +6,7 @@
      ├── ProtocolError            a peer broke the wire protocol (one connection closes)
      ├── AuthenticationError      the peer does not hold the cluster's token
      │    └── TokenFileError      a token file is empty, unreadable or open to others
+     ├── TLSError                 a TLS file or setting is wrong, or TLS with a peer failed
      ├── CommClosedError          a connection closed while something waited on it
      │    └── ConnectTimeoutError nothing answered at an address within the timeout
      ├── SerializationError       an object could not be pickled / unpickled
@@ -34,6 +35,7 @@ __all__ = [
     "ProtocolError",
     "AuthenticationError",
     "TokenFileError",
+    "TLSError",
     "CommClosedError",
     "ConnectTimeoutError",
     "SerializationError",
@@ -64,6 +66,11 @@ class AuthenticationError(MpnetError):
 class TokenFileError(AuthenticationError):
     """A token file (or scheduler file) is empty, unreadable, or open to other users:
     mpnet refuses it rather than run without authentication or with a leaked token."""
+class TLSError(MpnetError):
+    """TLS could not be set up (a missing or unreadable certificate or key, a tls://
+    address without them), or the TLS handshake with a peer failed (a certificate
+    from another CA, no client certificate where mutual TLS wants one, a peer that
+    does not speak TLS). The message names the file or the address."""
 
 
 class CommClosedError(MpnetError):

@@ -40,7 +40,8 @@ from ..preload import PreloadError
 __all__ = ["Command", "Group", "version_option", "service_errors", "check_preload_argv",
            "check_preloads_take_argv", "Duration", "PortRange", "share_ports",
            "checked_address", "interface_address", "route_address", "choose_host",
-           "read_token_file", "setup_logging", "pid_file", "Shutdown", "FIREWALL_HELP"]
+           "read_token_file", "setup_logging", "pid_file", "Shutdown", "FIREWALL_HELP",
+           "tls_options"]
 
 log = logging.getLogger("mpnet.cli")
 
@@ -183,6 +184,22 @@ def checked_address(value: str, option: str, default_port: int | None = None) ->
         return parse_address(value, default_port=default_port)
     except (ValueError, TypeError) as e:
         raise click.BadParameter(str(e), param_hint=f"'{option}'") from None
+
+
+def tls_options(command: Callable) -> Callable:
+    """``--tls-cert``, ``--tls-key``, ``--tls-ca-file``: the Config fields of the same
+    names (docs/security-tls.md), passed on as keyword arguments."""
+    pem = click.Path(exists=True, dir_okay=False, readable=True)
+    for name, text in reversed([
+            ("--tls-cert", "PEM certificate of this process. With it, servers listen on "
+                           "tls:// (TLS, with the token handshake inside)."),
+            ("--tls-key", "PEM private key of --tls-cert (unencrypted; omit it if the "
+                          "key is inside the --tls-cert file)."),
+            ("--tls-ca-file", "PEM CA certificate: peers' certificates must be signed by "
+                              "it. Needed to connect to tls://; on a server it turns on "
+                              "mutual TLS (client certificates required).")]):
+        command = click.option(name, type=pem, default=None, metavar="PEM", help=text)(command)
+    return command
 
 
 def interface_address(name: str) -> str:

@@ -11,7 +11,7 @@ import click
 from ..scheduler.server import Scheduler
 from .common import (FIREWALL_HELP, Command, Duration, Shutdown, check_preload_argv,
                      check_preloads_take_argv, checked_address, choose_host, read_token_file,
-                     service_errors, setup_logging, version_option)
+                     service_errors, setup_logging, tls_options, version_option)
 from .common import pid_file as write_pid_file
 
 __all__ = ["scheduler", "main"]
@@ -62,13 +62,15 @@ def _dashboard_address(value: str) -> str:
                    "missing). Default: MPNET_TOKEN, else ~/.config/mpnet/token.")
 @click.option("--auth/--no-auth", default=True, show_default=True,
               help="--no-auth lets anyone who reaches the port run code on the cluster.")
+@tls_options
 @version_option("mpnet-scheduler")
 @click.argument("preload_argv", nargs=-1, type=click.UNPROCESSED,
                 metavar="[PRELOAD OPTIONS]")
 def scheduler(host: str | None, port: int, interface: str | None, dashboard_address: str,
               dashboard: bool, scheduler_file: str | None, preload: tuple[str, ...],
               idle_timeout: float | None, pid_file: str | None, token_file: str | None,
-              auth: bool, preload_argv: tuple[str, ...]) -> None:
+              auth: bool, tls_cert: str | None, tls_key: str | None,
+              tls_ca_file: str | None, preload_argv: tuple[str, ...]) -> None:
     setup_logging()
     host = choose_host(host, interface)
     if token_file and not auth:
@@ -81,7 +83,8 @@ def scheduler(host: str | None, port: int, interface: str | None, dashboard_addr
             service = Scheduler(host, port, token=token, auth=auth,
                                 scheduler_file=scheduler_file, preload=list(preload),
                                 preload_argv=preload_argv, idle_timeout=idle_timeout,
-                                dashboard_address=dashboard_at)
+                                dashboard_address=dashboard_at, tls_cert=tls_cert,
+                                tls_key=tls_key, tls_ca_file=tls_ca_file)
             check_preloads_take_argv(preload_argv, service.preloads)
             service.start()
         try:

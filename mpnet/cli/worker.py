@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from ..comm.addressing import format_address
+from ..comm.addressing import address_scheme, format_address
 from ..comm.auth import resolve_token
 from ..comm.eventloop import EventLoop
 from ..deploy.local import memory_per_worker
@@ -32,7 +32,7 @@ from ..worker.worker import Worker
 from .common import (FIREWALL_HELP, Command, Duration, PortRange, Shutdown,
                      check_preload_argv, check_preloads_take_argv, checked_address,
                      choose_host, read_token_file, service_errors, setup_logging, share_ports,
-                     version_option)
+                     tls_options, version_option)
 
 __all__ = ["worker", "main"]
 
@@ -87,7 +87,7 @@ def _memory_limit(text: str, n: int) -> int:
 
 
 def _scheduler_address(address: str | None, scheduler_file: str | None,
-                       wait: float) -> tuple[str, str | None]:
+                       wait: float, scheme: str = "tcp") -> tuple[str, str | None]:
     """The scheduler's address, and the token its scheduler file carries (if any)."""
     if address and scheduler_file:
         raise click.UsageError("give the scheduler's ADDRESS or --scheduler-file, not both")
@@ -99,7 +99,7 @@ def _scheduler_address(address: str | None, scheduler_file: str | None,
         raise click.UsageError("give the scheduler's ADDRESS (tcp://host:8786) or "
                                "--scheduler-file PATH")
     host, port = checked_address(address, "ADDRESS", default_port=8786)
-    return format_address(host or "127.0.0.1", port), None
+    return format_address(host or "127.0.0.1", port, address_scheme(address) or scheme), None
 
 
 def _service_options(o: dict, preload_argv: tuple[str, ...]) -> tuple[dict, list, list]:
@@ -121,7 +121,8 @@ def _service_options(o: dict, preload_argv: tuple[str, ...]) -> tuple[dict, list
         lifetime_stagger=o["lifetime_stagger"] or 0.0, lifetime_restart=o["lifetime_restart"],
         # death_timeout: reaching the scheduler at start (connect_timeout) and again after
         # losing it (config.death_timeout); None keeps the configured defaults
-        connect_timeout=o["death_timeout"], death_timeout=o["death_timeout"])
+        connect_timeout=o["death_timeout"], death_timeout=o["death_timeout"],
+        tls_cert=o["tls_cert"], tls_key=o["tls_key"], tls_ca_file=o["tls_ca_file"])
     return (kwargs, share_ports(worker_ports, n, "--worker-port"),
             share_ports(o["nanny_port"], n, "--nanny-port"))
 
@@ -225,6 +226,7 @@ def _check_combinations(o: dict) -> None:
               help="--no-auth joins a scheduler started with --no-auth (a worker holding "
                    "a token refuses a scheduler that asks for none) and lets anyone who "
                    "reaches this worker's port talk to it.")
+@tls_options
 @version_option("mpnet-worker")
 @click.argument("address", required=False)
 @click.argument("preload_argv", nargs=-1, type=click.UNPROCESSED,
@@ -240,8 +242,9 @@ def worker(**o: Any) -> None:
     if o["token_file"] and not o["auth"]:
         raise click.UsageError("--token-file and --no-auth contradict each other")
     explicit = read_token_file(o["token_file"]) if o["token_file"] else None
-    address, file_token = _scheduler_address(address, o["scheduler_file"],
-                                             o["death_timeout"] or DEFAULT_WAIT)
+    address, file_token = _scheduler_address(
+        address, o["scheduler_file"], o["death_timeout"] or DEFAULT_WAIT,
+        "tls" if o["tls_cert"] or o["tls_ca_file"] else "tcp")
     if not o["auth"]:
         kwargs["token"] = False
     else:

@@ -24,6 +24,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable
 
+from ..comm import tls
 from ..comm.auth import resolve_token, token_arg
 from ..comm.connection import Connection, connect, connect_sync
 from ..comm.eventloop import EventLoop
@@ -110,6 +111,9 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
                  token: str | None = None, timeout: float | None = None,
                  config: Config | None = None, default: bool = True,
                  **config_overrides: Any):
+        if config is None and hasattr(address, "config"):
+            # Client(cluster) speaks to the cluster as its members do: with its TLS files
+            config_overrides = {**tls.settings(address.config), **config_overrides}
         self.config = make_config(config, **config_overrides)
         loop = None
         file_token = None

@@ -1,15 +1,21 @@
-"""Addresses: ``tcp://host:port`` strings and the ``(host, port)`` pairs behind them."""
+"""Addresses: ``tcp://host:port`` and ``tls://host:port`` strings and the ``(host, port)``
+pairs behind them. The scheme says how to talk to the address: plain TCP, or TLS
+(:mod:`mpnet.comm.tls`); the token handshake runs on both."""
 
 from __future__ import annotations
 
 import socket
 
-__all__ = ["parse_address", "format_address", "parse_port_range", "outward_host"]
+__all__ = ["parse_address", "address_scheme", "format_address", "parse_port_range",
+           "outward_host", "SCHEMES"]
+
+SCHEMES = ("tcp", "tls")
 
 
 def parse_address(address: str, *, default_port: int | None = None) -> tuple[str, int]:
-    """``"tcp://10.0.0.1:8786"``, ``"10.0.0.1:8786"``, ``":8786"``, ``"[::1]:8786"`` →
-    ``(host, port)``. A missing host is ``""`` (all interfaces when listening)."""
+    """``"tcp://10.0.0.1:8786"``, ``"tls://10.0.0.1:8786"``, ``"10.0.0.1:8786"``,
+    ``":8786"``, ``"[::1]:8786"`` → ``(host, port)``. A missing host is ``""`` (all
+    interfaces when listening). The scheme is :func:`address_scheme`'s business."""
     if not isinstance(address, str):
         raise TypeError(f"an address must be a string like 'tcp://host:8786', "
                         f"not {type(address).__name__}")
@@ -17,8 +23,9 @@ def parse_address(address: str, *, default_port: int | None = None) -> tuple[str
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "tcp", text
-    if scheme != "tcp":
-        raise ValueError(f"cannot use address {address!r}: only tcp:// is supported")
+    if scheme not in SCHEMES:
+        raise ValueError(f"cannot use address {address!r}: the scheme must be tcp:// or "
+                         "tls://")
     if rest.startswith("["):
         host, _, tail = rest[1:].partition("]")
         port_text = tail[1:] if tail.startswith(":") else ""
@@ -40,10 +47,16 @@ def parse_address(address: str, *, default_port: int | None = None) -> tuple[str
     return host, port
 
 
-def format_address(host: str, port: int) -> str:
+def address_scheme(address: str) -> str:
+    """``"tls://h:1"`` → ``"tls"``, ``"tcp://h:1"`` → ``"tcp"``, ``"h:1"`` → ``""`` (not said)."""
+    scheme, sep, _ = address.strip().partition("://")
+    return scheme if sep else ""
+
+
+def format_address(host: str, port: int, scheme: str = "tcp") -> str:
     if ":" in host:
         host = f"[{host}]"
-    return f"tcp://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 def parse_port_range(spec: int | str | None) -> list[int]:

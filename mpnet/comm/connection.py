@@ -11,6 +11,8 @@ A :class:`Connection` lives in two phases:
 
 All methods run on the loop thread unless their name ends in ``_threadsafe``.
 :func:`connect` dials (retrying while nothing listens yet) and :class:`Listener` accepts.
+For ``tls://`` addresses both hand the socket to :mod:`mpnet.comm.tls`, whose
+``TLSConnection`` runs the TLS handshake first; the plain path never looks at TLS.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Callable
 from ..config import Config
 from ..errors import (AuthenticationError, CommClosedError, ConnectTimeoutError,
                       FrameTooLargeError, MpnetError, ProtocolError)
-from .addressing import format_address, parse_address
+from .addressing import address_scheme, format_address, parse_address
 from .auth import Handshake
 from .eventloop import EventLoop
 from .protocol import FrameDecoder, FrameEncoder, Msg, decode_handshake, encode_handshake
@@ -40,6 +42,11 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _RECV_SIZE = 256 * 1024
 _IOV_MAX = 512
+# accept() failures that mean "out of descriptors or kernel memory": the listener stays
+# readable, so retrying at once would spin; pause accepting instead (seconds)
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_PAUSE = 0.25
+_ACCEPT_LOG_EVERY = 10.0
 
 
 class Connection:
@@ -74,10 +81,10 @@ class Connection:
         self._req_ids = itertools.count(1)
         self._progress = 0
         self._stall_timer = None
+        self._received_any = False
         loop.register(sock, _READ, self._on_event)
         self._hs_timer = loop.call_later(config.handshake_timeout, self._handshake_timeout)
-        if server:
-            self._send_raw(b"".join(encode_handshake(f) for f in self._hs.start()))
+        self._begin()
 
     def __repr__(self) -> str:
         return f"<Connection {self.peer_role or '?'} {self.peer} {self.state}>"
@@ -85,6 +92,11 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self.state == "closed"
+
+    def _begin(self) -> None:
+        """Start the token handshake: the server speaks first (TLS first runs its own)."""
+        if self._hs.server:
+            self._send_raw(b"".join(encode_handshake(f) for f in self._hs.start()))
 
     # --- sending -------------------------------------------------------------------
     def send(self, msg: list) -> None:
@@ -219,12 +231,17 @@ class Connection:
         except OSError as e:
             self.close(CommClosedError(f"connection to {self.peer} broke: {e}"))
             return
+        self._received(n, data)
+
+    def _received(self, n: int, data: bytes | None) -> None:
+        """``n`` bytes arrived: ``data``, or into the decoder's direct target if None."""
         if n == 0:
             self.close(CommClosedError(f"{self.peer_role or 'peer'} at {self.peer} "
-                                       "closed the connection"))
+                                       "closed the connection" + self._silence_hint()))
             return
         self._progress += 1
         if self.state == "handshake":
+            self._received_any = True
             self._hsbuf += data
             self._advance_handshake()
             return
@@ -279,6 +296,11 @@ class Connection:
     # --- handshake -----------------------------------------------------------------
     def _advance_handshake(self) -> None:
         limit = self.config.max_handshake_bytes
+        if self._hs.server and self._hsbuf[:2] == b"\x16\x03":
+            # A TLS ClientHello (record type 22, version 3.x) where mpnet's answer belongs.
+            raise ProtocolError(f"{self.peer} speaks TLS to a plain tcp:// server: connect "
+                                "to its tcp:// address, or start the server with TLS "
+                                "certificates (docs/security-tls.md)")
         while self.state == "handshake":
             frame = decode_handshake(self._hsbuf, limit)
             if frame is None:
@@ -308,7 +330,16 @@ class Connection:
     def _handshake_timeout(self) -> None:
         if self.state == "handshake":
             self._protocol_failure(ProtocolError(
-                f"no handshake from {self.peer} within {self.config.handshake_timeout}s"))
+                f"no handshake from {self.peer} within {self.config.handshake_timeout}s"
+                + self._silence_hint()))
+
+    def _silence_hint(self) -> str:
+        # A TLS server waits for a ClientHello that a plain client never sends: both
+        # sides see only silence, so say what it probably means.
+        if self.state == "handshake" and not self._hs.server and not self._received_any:
+            return (" before sending any handshake; if it serves TLS, connect to "
+                    f"tls://{self.peer.partition('://')[2]} with --tls-ca-file")
+        return ""
 
     def _protocol_failure(self, exc: BaseException) -> None:
         if self._hs.server:
@@ -365,14 +396,28 @@ def _configure(sock: socket.socket) -> None:
 
 
 class Listener:
-    """Accepts connections on the loop and starts each one's server-side handshake."""
+    """Accepts connections on the loop and starts each one's server-side handshake.
+
+    ``scheme`` is "tcp", "tls" or None (TLS if ``config`` names a certificate). With
+    TLS every accepted socket is wrapped by the server context of :mod:`mpnet.comm.tls`
+    (which raises :class:`~mpnet.errors.TLSError` here, at once, for bad files).
+
+    When ``accept`` fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+    ENOMEM) the listener stops reading for ``_ACCEPT_PAUSE`` seconds, logs at most
+    once per ``_ACCEPT_LOG_EVERY`` seconds, and keeps serving its open connections.
+    """
 
     def __init__(self, loop: EventLoop, host: str, port: int, *, config: Config,
                  token: str | None, role: str, info: dict,
                  handler: Callable[[Connection, list], None],
                  on_open: Callable[[Connection], None] | None = None,
-                 on_close: Callable[[Connection, BaseException | None], None] | None = None):
+                 on_close: Callable[[Connection, BaseException | None], None] | None = None,
+                 scheme: str | None = None):
         self.loop = loop
+        from . import tls
+        self._tls = tls.listen_context(config, scheme)
+        self.scheme = "tcp" if self._tls is None else "tls"
+        self._conn_class = Connection if self._tls is None else tls.TLSConnection
         self._kw = dict(config=config, token=token, role=role, info=info, handler=handler,
                         on_open=on_open, on_close=on_close)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -390,7 +435,14 @@ class Listener:
         self.host, self.port = self.sock.getsockname()[:2]
         self.connections: set[Connection] = set()
         self._closed = False
+        self._resume_timer: Any = None
+        self._accept_failures = 0
+        self._next_accept_log = 0.0
         loop.run_sync(loop.register, self.sock, _READ, self._on_accept)
+
+    def address_at(self, host: str) -> str:
+        """This listener's address as others should dial it, on ``host``."""
+        return format_address(host, self.port, self.scheme)
 
     def _on_accept(self, mask: int) -> None:
         for _ in range(64):
@@ -399,11 +451,22 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                log.warning("accept failed: %s", e)
+                if e.errno in _ACCEPT_EXHAUSTED:
+                    self._pause_accepting(e)
+                else:
+                    log.warning("accept failed: %s", e)
                 return
             _configure(sock)
-            conn = Connection(self.loop, sock, server=True, peer=format_address(*addr[:2]),
-                              **self._kw)
+            if self._tls is not None:
+                try:
+                    sock = self._tls.wrap_socket(sock, server_side=True,
+                                                 do_handshake_on_connect=False)
+                except OSError as e:   # the peer reset it already
+                    log.debug("TLS wrap of a connection from %s failed: %s", addr, e)
+                    sock.close()
+                    continue
+            conn = self._conn_class(self.loop, sock, server=True,
+                                    peer=format_address(*addr[:2], self.scheme), **self._kw)
             self.connections.add(conn)
             user_close = conn.on_close
 
@@ -414,11 +477,34 @@ class Listener:
             conn.on_close = forget
             conn.on_fail = lambda exc, c=conn: self.connections.discard(c)
 
+    def _pause_accepting(self, exc: OSError) -> None:
+        # The pending connection stays in the backlog and the socket stays readable:
+        # stop listening to it for a moment, or the loop spins (and logs) at full speed.
+        self._accept_failures += 1
+        now = time.monotonic()
+        if now >= self._next_accept_log:
+            log.error("cannot accept connections on port %d: %s (%d time(s) in the last "
+                      "%.0fs); pausing accepts %.2fs at a time, open connections are still "
+                      "served. Raise the limit (ulimit -n) or close connections.",
+                      self.port, exc.strerror or exc, self._accept_failures,
+                      _ACCEPT_LOG_EVERY, _ACCEPT_PAUSE)
+            self._accept_failures = 0
+            self._next_accept_log = now + _ACCEPT_LOG_EVERY
+        self.loop.unregister(self.sock)
+        self._resume_timer = self.loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume_timer = None
+        if not self._closed:
+            self.loop.register(self.sock, _READ, self._on_accept)
+
     def close(self) -> None:
         """Stop accepting and close every accepted connection (loop thread)."""
         if self._closed:
             return
         self._closed = True
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
         self.loop.unregister(self.sock)
         self.sock.close()
         for conn in list(self.connections):
@@ -458,7 +544,14 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
     deadline = time.monotonic() + timeout
     host, port = parse_address(address)
     host = host or "127.0.0.1"
-    peer = format_address(host, port)
+    from . import tls
+    try:
+        context = tls.dial_context(config, address_scheme(address), address)
+    except MpnetError as e:
+        result.set_exception(e)
+        return result
+    peer = format_address(host, port, "tcp" if context is None else "tls")
+    conn_class = Connection if context is None else tls.TLSConnection
     state = {"delay": 0.01, "last": "no attempt"}
 
     def give_up(exc: BaseException) -> None:
@@ -497,6 +590,15 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
                 sock.close()
                 retry(errno.errorcode.get(err, str(err)))
                 return
+            if context is not None:
+                # No server_hostname: the cluster's CA vouches for its members, whatever
+                # address they are reached at (see mpnet.comm.tls).
+                try:
+                    start_handshake(context.wrap_socket(sock, do_handshake_on_connect=False))
+                except OSError as e:
+                    sock.close()
+                    retry(str(e))
+                return
             start_handshake(sock)
         loop.register(sock, _WRITE, on_connected)
 
@@ -513,7 +615,7 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
                 retry(str(exc))   # e.g. a listener that is not serving yet
                 return
             give_up(exc)
-        Connection(loop, sock, server=False, config=config, token=token, role=role,
+        conn_class(loop, sock, server=False, config=config, token=token, role=role,
                    info=info, peer=peer, handler=handler, on_open=opened,
                    on_close=on_close, on_fail=failed)
 

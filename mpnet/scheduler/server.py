@@ -23,7 +23,7 @@ import uuid
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from ..comm.addressing import format_address, outward_host, parse_address
+from ..comm.addressing import address_scheme, outward_host, parse_address
 from ..comm.auth import resolve_token
 from ..comm.connection import Connection, Listener
 from ..comm.eventloop import EventLoop
@@ -31,7 +31,7 @@ from ..comm.protocol import Dispatcher, Msg
 from ..comm.serialize import dumps, dumps_exception, loads
 from ..config import Config, make_config, tune_gc
 from ..deploy.scheduler_file import remove_scheduler_file, write_scheduler_file
-from ..errors import ClusterClosedError, ProtocolError
+from ..errors import ClusterClosedError, MpnetError, ProtocolError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import format_mismatches, get_versions, mismatches
@@ -151,8 +151,10 @@ class Scheduler:
                     return self
                 raise ClusterClosedError("this Scheduler was closed; create a new one")
             self._status = "starting"
+        scheme = None
         if address is not None:
             self.host, self.port = parse_address(address, default_port=self.port)
+            scheme = address_scheme(address) or None
         tune_gc(self.config)
         self.loop.start()
         host = "" if self.host is None else self.host
@@ -160,14 +162,14 @@ class Scheduler:
             self.listener = Listener(self.loop, host, self.port, config=self.config,
                                      token=self.token, role="scheduler",
                                      info={"id": self.id}, handler=self._dispatch,
-                                     on_close=self._on_close)
-        except OSError:
+                                     on_close=self._on_close, scheme=scheme)
+        except (OSError, MpnetError):
             self._status = "closed"
             if self._own_loop:
                 self.loop.close()
             raise
         shown = host if host not in ("", "0.0.0.0") else outward_host()
-        self.address = format_address(shown, self.listener.port)
+        self.address = self.listener.address_at(shown)
         self._status = "running"
         log.info("Scheduler at: %s", self.address)
         try:

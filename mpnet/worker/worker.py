@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from ..comm.addressing import format_address, outward_host, parse_address
+from ..comm.addressing import address_scheme, outward_host, parse_address
 from ..comm.auth import resolve_server_token, token_arg
 from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
@@ -165,9 +165,10 @@ class Worker(Transfer):
         try:
             self.listener = listen_on_any(self.port, lambda port: Listener(
                 self.loop, self.host, port, config=self.config, token=self.token,
-                role="worker", info={}, handler=self._dispatch))
+                role="worker", info={}, handler=self._dispatch,
+                scheme=address_scheme(self.scheduler_address) or None))
             shown = self.host or outward_host()
-            self.address = self.contact_address or format_address(shown, self.listener.port)
+            self.address = self.contact_address or self.listener.address_at(shown)
             self.name = self.name or self.address
             log.info("Start worker at: %s", self.address)
             if self.local_directory:
