@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import mmap
 import struct
 from typing import Any, Callable
 
@@ -39,6 +40,12 @@ BUFLEN = struct.Struct("!Q")
 _PAYLOAD_EXT = 1
 _PAYLOAD_HDR = struct.Struct("!BBII")    # kind, header-is-a-buffer flag, first index, count
 _MAX_BUFFERS = 1 << 16
+# Buffers from this size up are received into an anonymous private map instead of a
+# bytearray: the kernel gives it memory page by page as the bytes are written, so a frame
+# header alone (which may announce up to max_frame_bytes) costs nothing, and the large
+# body needs no zero-filling first. Smaller buffers cost at most this much up front.
+_MAP_MIN = 1 << 20
+_MAP_PRIVATE = getattr(mmap, "MAP_PRIVATE", None)    # None on Windows: bytearray there
 
 
 class Msg(enum.IntEnum):
@@ -167,8 +174,11 @@ class FrameEncoder:
 class FrameDecoder:
     """Incremental frame parser: feed it bytes, get lists of messages back.
 
-    Large out-of-band buffers are received straight into their own ``bytearray``
-    (see :meth:`want_direct`) instead of passing through the stream buffer.
+    Large out-of-band buffers are received straight into their own buffer (see
+    :meth:`direct_target`) instead of passing through the stream buffer; from
+    ``_MAP_MIN`` bytes up that buffer is an anonymous map whose memory is taken only as
+    the bytes arrive. Everything else grows with the bytes received: what a peer
+    *announces* never makes this side allocate it.
     """
 
     def __init__(self, max_frame_bytes: int, direct_threshold: int = 1 << 16):
@@ -239,11 +249,11 @@ class FrameDecoder:
                     del buf[:n]
                     continue
                 if n >= self._direct:
-                    target = bytearray(n)
+                    target = memoryview(_receive_buffer(n))
                     have = len(buf)
                     target[:have] = buf
                     del buf[:]
-                    self._target, self._filled = memoryview(target), have
+                    self._target, self._filled = target, have
                 return out
             out.extend(self._decode_body(self._body, self._bufs))
             self._lengths = None
@@ -278,6 +288,16 @@ class FrameDecoder:
             if not isinstance(m, list) or not m or not isinstance(m[0], int):
                 raise ProtocolError(f"malformed message {str(m)[:80]!r}")
         return messages
+
+
+def _receive_buffer(n: int) -> bytearray | mmap.mmap:
+    """A writable buffer of ``n`` bytes whose memory is committed as it is written."""
+    if n < _MAP_MIN or _MAP_PRIVATE is None:
+        return bytearray(n)
+    try:
+        return mmap.mmap(-1, n, flags=_MAP_PRIVATE)
+    except OSError as e:   # out of address space or over the overcommit limit
+        raise ProtocolError(f"cannot map the {n} bytes a frame announces: {e}") from None
 
 
 def encode_handshake(obj: Any) -> bytes:
