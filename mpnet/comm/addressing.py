@@ -24,8 +24,8 @@ def parse_address(address: str, *, default_port: int | None = None) -> tuple[str
     if not sep:
         scheme, rest = "tcp", text
     if scheme not in SCHEMES:
-        raise ValueError(f"cannot use address {address!r}: the scheme must be tcp:// or "
-                         "tls://")
+        raise ValueError(f"cannot use address {address!r}: only tcp:// and tls:// "
+                         "addresses are supported")
     if rest.startswith("["):
         host, _, tail = rest[1:].partition("]")
         port_text = tail[1:] if tail.startswith(":") else ""
