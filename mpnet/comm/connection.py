@@ -336,7 +336,8 @@ class Connection:
     def _silence_hint(self) -> str:
         # A TLS server waits for a ClientHello that a plain client never sends: both
         # sides see only silence, so say what it probably means.
-        if self.state == "handshake" and not self._hs.server and not self._received_any:
+        if (self.state == "handshake" and not self._hs.server and not self._received_any
+                and self.peer.startswith("tcp://")):
             return (" before sending any handshake; if it serves TLS, connect to "
                     f"tls://{self.peer.partition('://')[2]} with --tls-ca-file")
         return ""
@@ -575,7 +576,11 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
             give_up(ConnectTimeoutError(f"cannot resolve the host of {peer}: {e}"))
             return
         family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:   # out of descriptors: try again later, as for a refusal
+            retry(e.strerror or str(e))
+            return
         _configure(sock)
         code = sock.connect_ex(sockaddr)
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):

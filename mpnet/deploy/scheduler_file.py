@@ -2,7 +2,8 @@
 
 The scheduler writes it once it is listening, atomically (a temporary file in the same
 folder, then ``os.replace``) and with mode 0600 because it carries the token; it removes
-it on shutdown. JSON, with at least::
+it on shutdown. A TLS scheduler's address says ``tls://``; the file never holds
+certificates, keys or their paths (each machine gives its own). JSON, with at least::
 
     {"address": "tcp://10.0.0.5:8786", "dashboard": "http://10.0.0.5:8787/" | null,
      "id": "scheduler-…", "pid": 4242, "host": "node12", "started": 1795000000.0,
