@@ -298,6 +298,8 @@ class TLSConnection(Connection):
             except ssl.SSLWantWriteError:
                 self._set_events(_READ | _WRITE)
                 break
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                n, data = 0, b""            # the peer hung up: the same as a plain EOF
             except ssl.SSLError as e:
                 self._tls_failed(e)
                 return
@@ -351,6 +353,9 @@ class TLSConnection(Connection):
             except ssl.SSLWantReadError:
                 self._inflight = chunk
                 self._send_waits_read = True
+                return
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                self._received(0, None)     # the peer hung up: the same as a plain EOF
                 return
             except OSError as e:
                 self.close(CommClosedError(f"connection to {self.peer} broke: {e}"))
