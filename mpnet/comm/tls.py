@@ -354,8 +354,9 @@ class TLSConnection(Connection):
                 self._inflight = chunk
                 self._send_waits_read = True
                 return
-            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
-                self._received(0, None)     # the peer hung up: the same as a plain EOF
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, BrokenPipeError,
+                    ConnectionResetError):
+                self._peer_gone()
                 return
             except OSError as e:
                 self.close(CommClosedError(f"connection to {self.peer} broke: {e}"))
@@ -369,6 +370,16 @@ class TLSConnection(Connection):
         self._set_events(_READ)
         if self._close_when_flushed:
             self.close()
+
+    def _peer_gone(self) -> None:
+        # The peer hung up while we wrote. What it sent before (a worker's GOODBYE, say)
+        # may still wait in our receive buffer: read it, then close as on a plain EOF.
+        self._wbuf.clear()
+        self._inflight = None
+        if self.state == "open":
+            self._on_event(_READ)
+        if self.state != "closed":
+            self._received(0, None)
 
     def _next_chunk(self) -> memoryview:
         """The next bytes to write: ``wbuf[0]``'s first ``_CHUNK``, or small pieces joined."""
