@@ -49,7 +49,7 @@ def tls_scheduler(mtls, token):
         scheduler.close()
 
 
-def test_local_cluster_over_tls_runs_tasks_and_moves_data(mtls):
+def test_local_cluster_over_tls_runs_tasks_and_moves_data(mtls, caplog):
     with LocalCluster(n_workers=2, threads_per_worker=1, **mtls) as cluster, \
             Client(cluster) as client:
         assert cluster.scheduler_address.startswith("tls://")
@@ -62,6 +62,8 @@ def test_local_cluster_over_tls_runs_tasks_and_moves_data(mtls):
         data = client.submit(pattern, 5_000_000, workers=[a])
         assert client.submit(digest, data, workers=[b]).result() == digest(pattern(5_000_000))
         assert data.result() == pattern(5_000_000)
+    # Each worker's goodbye arrived: none was taken for lost at the close.
+    assert "lost worker" not in caplog.text
 
 
 def test_scheduler_worker_and_client_objects_over_tls(certs, token):
