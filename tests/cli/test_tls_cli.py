@@ -44,6 +44,6 @@ def test_tls_mistakes_are_one_line_errors(cmd, certs, tmp_path):
     assert code == 2 and "does not exist" in err, err
     # A worker of a tls:// scheduler serves its peers over TLS too: it needs a certificate.
     code, _, err = cmd.run("worker", "tls://127.0.0.1:1", "--no-nanny",
-                           "--tls-ca-file", certs.ca)
+                           "--tls-ca-file", certs.ca, env={"MPNET_TOKEN": "a-token"})
     assert code == 1
     assert "needs a certificate and its key" in one_line_error(err)
