@@ -13,7 +13,7 @@ from .diagnostics.progress import progress
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
                      CommClosedError, ConnectTimeoutError, FrameTooLargeError,
                      KilledWorkerError, MpnetError, ProtocolError, SerializationError,
-                     TokenFileError, UnsatisfiableError, VersionMismatchError,
+                     TLSError, TokenFileError, UnsatisfiableError, VersionMismatchError,
                      WorkerLostError)
 from .nanny.nanny import Nanny
 from .plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
@@ -36,7 +36,7 @@ __all__ = [
     "MpnetError", "ProtocolError", "AuthenticationError", "CommClosedError",
     "ConnectTimeoutError", "SerializationError", "ClusterClosedError", "WorkerLostError",
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",
-    "FrameTooLargeError", "TokenFileError",
+    "FrameTooLargeError", "TokenFileError", "TLSError",
     "SSHCluster", "SSHError",
 ]
 
