@@ -28,6 +28,15 @@ def digest(data):
     return hashlib.sha256(data).hexdigest()
 
 
+class Counter:
+    def __init__(self, start):
+        self.n = start
+
+    def incr(self, k):
+        self.n += k
+        return self.n
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     pytest.importorskip("trustme")
@@ -62,6 +71,8 @@ def test_local_cluster_over_tls_runs_tasks_and_moves_data(mtls, caplog):
         data = client.submit(pattern, 5_000_000, workers=[a])
         assert client.submit(digest, data, workers=[b]).result() == digest(pattern(5_000_000))
         assert data.result() == pattern(5_000_000)
+        counter = client.actor(Counter, 10)      # actor calls go to the worker directly
+        assert counter.incr(5).result() == 15
     # Each worker's goodbye arrived: none was taken for lost at the close.
     assert "lost worker" not in caplog.text
 
