@@ -48,7 +48,7 @@ def parse_address(address: str, *, default_port: int | None = None) -> tuple[str
 
 
 def address_scheme(address: str) -> str:
-    """``"tls://h:1"`` → ``"tls"``, ``"tcp://h:1"`` → ``"tcp"``, ``"h:1"`` → ``""`` (not said)."""
+    """``"tls://h:1"`` → ``"tls"``, ``"tcp://h:1"`` → ``"tcp"``, ``"h:1"`` → ``""``."""
     scheme, sep, _ = address.strip().partition("://")
     return scheme if sep else ""
 

@@ -64,7 +64,7 @@ _REFUSED_US = {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE
                "SSLV3_ALERT_CERTIFICATE_EXPIRED", "TLSV1_ALERT_DECRYPT_ERROR"}
 # ... and by either side when the other one is not speaking TLS at all.
 _NOT_TLS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
-            "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "UNEXPECTED_RECORD", "UNEXPECTED_EOF_WHILE_READING"}
+            "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "UNEXPECTED_RECORD"}
 
 
 # --- contexts ------------------------------------------------------------------------
