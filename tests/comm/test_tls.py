@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 
 import pytest
 
 from mpnet import Client, LocalCluster, Scheduler, Worker
+from mpnet.comm.connection import Listener, connect_sync
+from mpnet.comm.eventloop import EventLoop
+from mpnet.comm.serialize import dumps, loads
+from mpnet.config import make_config
 from mpnet.errors import AuthenticationError, ConnectTimeoutError, ProtocolError, TLSError
 from tests.comm.certs import make_certificates
 from tests.utils import wait_for
@@ -75,6 +81,39 @@ def test_local_cluster_over_tls_runs_tasks_and_moves_data(mtls, caplog):
         assert counter.incr(5).result() == 15
     # Each worker's goodbye arrived: none was taken for lost at the close.
     assert "lost worker" not in caplog.text
+
+
+def test_a_tls_connection_carries_mixed_frames_whole_and_in_order(mtls, token):
+    # Sizes from empty to several MB, batched into frames of many pieces: small pieces
+    # are joined, large buffers sliced, and every "would block" retried with the same
+    # bytes; a mistake there is an SSL error or a corrupted message.
+    config = make_config(**mtls)
+    sizes = [0, 10, 1_000, 70_000, 300_000, 3_000_000, 5, 200_000] * 6
+    sent = [os.urandom(n) for n in sizes]
+    got: list = []
+    all_in = threading.Event()
+
+    def on_message(conn, msg):
+        got.append(loads(msg[1]))
+        if len(got) == len(sent):
+            all_in.set()
+    loop = EventLoop("test-tls-loop").start()
+    listener = Listener(loop, "127.0.0.1", 0, config=config, token=token, role="test",
+                        info={}, handler=on_message)
+    conn = None
+    try:
+        conn = connect_sync(loop, listener.address_at("127.0.0.1"), config=config,
+                            token=token, role="test", info={},
+                            handler=lambda conn, msg: None)
+        for data in sent:
+            conn.send_threadsafe([99, dumps(data, oob_threshold=config.oob_threshold)])
+        assert all_in.wait(30), f"{len(got)} of {len(sent)} messages arrived"
+        assert got == sent
+    finally:
+        if conn is not None:
+            loop.run_sync(conn.close)
+        loop.run_sync(listener.close)
+        loop.close()
 
 
 def test_scheduler_worker_and_client_objects_over_tls(certs, token):
