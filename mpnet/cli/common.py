@@ -41,7 +41,7 @@ __all__ = ["Command", "Group", "version_option", "service_errors", "check_preloa
            "check_preloads_take_argv", "Duration", "PortRange", "share_ports",
            "checked_address", "interface_address", "route_address", "choose_host",
            "read_token_file", "setup_logging", "pid_file", "Shutdown", "FIREWALL_HELP",
-           "tls_options"]
+           "tls_options", "tls_from_context"]
 
 log = logging.getLogger("mpnet.cli")
 
@@ -186,10 +186,21 @@ def checked_address(value: str, option: str, default_port: int | None = None) ->
         raise click.BadParameter(str(e), param_hint=f"'{option}'") from None
 
 
-def tls_options(command: Callable) -> Callable:
+_TLS_META = "mpnet.tls"
+
+
+def tls_options(command: Callable, *, to_context: bool = False) -> Callable:
     """``--tls-cert``, ``--tls-key``, ``--tls-ca-file``: the Config fields of the same
-    names (docs/security-tls.md), passed on as keyword arguments."""
+    names (docs/security-tls.md), passed on as keyword arguments, or (``to_context``)
+    kept for :func:`tls_from_context` so that shared helpers can pick them up."""
     pem = click.Path(exists=True, dir_okay=False, readable=True)
+    extra: dict = {}
+    if to_context:
+        def keep(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+            if value:
+                ctx.meta.setdefault(_TLS_META, {})[param.name] = value
+            return value
+        extra = dict(expose_value=False, callback=keep)
     for name, text in reversed([
             ("--tls-cert", "PEM certificate of this process. With it, servers listen on "
                            "tls:// (TLS, with the token handshake inside)."),
@@ -198,8 +209,15 @@ def tls_options(command: Callable) -> Callable:
             ("--tls-ca-file", "PEM CA certificate: peers' certificates must be signed by "
                               "it. Needed to connect to tls://; on a server it turns on "
                               "mutual TLS (client certificates required).")]):
-        command = click.option(name, type=pem, default=None, metavar="PEM", help=text)(command)
+        command = click.option(name, type=pem, default=None, metavar="PEM", help=text,
+                               **extra)(command)
     return command
+
+
+def tls_from_context() -> dict:
+    """The TLS options :func:`tls_options` (``to_context``) kept for this command."""
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_TLS_META, {})) if ctx is not None else {}
 
 
 def interface_address(name: str) -> str:

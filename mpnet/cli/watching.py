@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from ..client.client import Client
-from .common import read_token_file, service_errors
+from .common import read_token_file, service_errors, tls_from_context, tls_options
 
 __all__ = ["scheduler_options", "connect"]
 
@@ -31,7 +31,7 @@ def scheduler_options(fn: Callable) -> Callable:
             click.option("--timeout", type=float, default=5.0, show_default=True,
                          help="Seconds to wait for the scheduler to answer.")]):
         fn = option(fn)
-    return fn
+    return tls_options(fn, to_context=True)    # for a tls:// scheduler
 
 
 @contextlib.contextmanager
@@ -44,7 +44,7 @@ def connect(address: str | None, scheduler_file: str | None, token_file: str | N
     with service_errors():
         client = Client(address or (None if scheduler_file else DEFAULT_ADDRESS),
                         scheduler_file=scheduler_file, token=token, timeout=timeout,
-                        default=False)
+                        default=False, **tls_from_context())
     try:
         yield client
     finally:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 
@@ -33,6 +34,12 @@ def test_scheduler_and_worker_commands_over_tls(cmd, certs, tmp_path):
         wait_for(lambda: worker_count(client) == 1, timeout=WAIT, what="the worker")
         assert all(a.startswith("tls://") for a in client.scheduler_info()["workers"])
         assert client.submit(pow, 3, 2).result(timeout=WAIT) == 9
+    # mpnet status (like top and logs) takes the same options to reach a tls:// scheduler
+    code, out, err = cmd.run("status", "--scheduler-file", path, "--json", *tls)
+    assert code == 0, err
+    assert len(json.loads(out)["workers"]) == 1
+    code, _, err = cmd.run("status", "--scheduler-file", path)
+    assert code == 1 and "needs the CA certificate" in one_line_error(err)
     code, _, err = cmd.finish(sched, signal.SIGTERM)
     assert code == 0, err
     assert f"Scheduler at: {info['address']}" in err
