@@ -36,7 +36,7 @@ import logging
 import os
 import selectors
 import ssl
-from typing import Any
+from typing import Any, Mapping
 
 from ..config import Config
 from ..errors import CommClosedError, TLSError
@@ -69,10 +69,11 @@ _NOT_TLS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_L
 
 # --- contexts ------------------------------------------------------------------------
 
-def settings(config: Config) -> dict[str, str]:
-    """The TLS fields of ``config`` that are set (for a Client inheriting a cluster's)."""
-    return {k: v for k in ("tls_cert", "tls_key", "tls_ca_file")
-            if (v := getattr(config, k))}
+def settings(config: Config | Mapping[str, Any]) -> dict[str, str]:
+    """The TLS fields set in ``config`` (a Config, or a mapping of overrides such as
+    SSHCluster's), for a Client inheriting its cluster's."""
+    get = config.get if isinstance(config, Mapping) else functools.partial(getattr, config)
+    return {k: v for k in ("tls_cert", "tls_key", "tls_ca_file") if (v := get(k, ""))}
 
 
 def listen_context(config: Config, scheme: str | None) -> ssl.SSLContext | None:
