@@ -12,9 +12,9 @@ from .deploy.local import LocalCluster
 from .diagnostics.progress import progress
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
                      CommClosedError, ConnectTimeoutError, FrameTooLargeError,
-                     KilledWorkerError, MpnetError, ProtocolError, SerializationError,
-                     TLSError, TokenFileError, UnsatisfiableError, VersionMismatchError,
-                     WorkerLostError)
+                     KeyConflictError, KilledWorkerError, MpnetError, ProtocolError,
+                     SerializationError, TLSError, TokenFileError, UnsatisfiableError,
+                     VersionMismatchError, WorkerLostError)
 from .nanny.nanny import Nanny
 from .plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
 from .scheduler.server import Scheduler
@@ -32,7 +32,7 @@ __all__ = [
     "Client", "Future", "LocalCluster", "Scheduler", "Worker", "Nanny", "Config",
     "wait", "as_completed", "progress", "SchedulerPlugin", "WorkerPlugin", "NannyPlugin",
     "ActorHandle", "ActorFuture", "get_actor", "get_actor_context", "get_client",
-    "get_worker", "UnsatisfiableError",
+    "get_worker", "UnsatisfiableError", "KeyConflictError",
     "MpnetError", "ProtocolError", "AuthenticationError", "CommClosedError",
     "ConnectTimeoutError", "SerializationError", "ClusterClosedError", "WorkerLostError",
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",

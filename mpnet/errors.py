@@ -15,6 +15,7 @@
      ├── WorkerLostError          data or a task was lost with a worker
      │    └── KilledWorkerError   a task was on every worker that died running it
      ├── UnsatisfiableError       no worker could ever run a task or host an actor
+ ├── KeyConflictError         a key already names another computation (also a ValueError)
      ├── ActorDiedError           the worker hosting an actor died, or it was killed
      └── VersionMismatchError     software differs between client, scheduler and workers
 
@@ -44,6 +45,7 @@ __all__ = [
     "WorkerLostError",
     "KilledWorkerError",
     "UnsatisfiableError",
+    "KeyConflictError",
     "ActorDiedError",
     "VersionMismatchError",
     "CancelledError",
@@ -126,6 +128,12 @@ class KilledWorkerError(WorkerLostError):
 
 class UnsatisfiableError(MpnetError):
     """No worker of the cluster has the resources or name a task or actor asks for."""
+
+
+class KeyConflictError(MpnetError, ValueError):
+    """A task's ``key=`` already names a different computation (another function, other
+    arguments, or scattered data) that is still alive: a result is never handed out for
+    arguments it was not computed from. Choose another key."""
 
 
 class ActorDiedError(MpnetError):

@@ -15,10 +15,12 @@ small results are unpickled on the loop thread as they arrive.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import itertools
 import logging
 import threading
 import time
+import types
 import uuid
 import warnings
 import weakref
@@ -32,6 +34,7 @@ from ..comm.protocol import Dispatcher, Msg
 from ..comm.serialize import (Payload, dumps, dumps_task_args, loads, loads_exception)
 from ..config import Config, make_config, tune_gc
 from ..errors import (ClusterClosedError, CommClosedError, FrameTooLargeError,
+                      KeyConflictError,
                       KilledWorkerError, UnsatisfiableError, WorkerLostError)
 from ..versions import get_versions
 from ..worker import context
@@ -45,7 +48,50 @@ __all__ = ["Client"]
 
 log = logging.getLogger("mpnet.client")
 
-_FN_CACHE_SIZE = 1024
+# Functions and classes are pickled once per client and the payload kept while they
+# live (weakly keyed, so the cache never keeps a callable or what it holds alive).
+# Other callables (partials, bound methods, instances) are pickled at each call: they
+# are usually new objects each time, and they may compare equal while differing.
+_CACHEABLE = (types.FunctionType, type)
+
+_open_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_exit_hook = []
+
+
+def _finish_at_exit() -> None:
+    """At interpreter exit, before ``atexit`` (and multiprocessing's hook, which kills
+    child processes): let submitted work finish, as the stdlib's executors do, then
+    close. Runs before a LocalCluster's own exit hook (registered earlier)."""
+    for client in list(_open_clients):
+        client._finish_at_exit()
+
+
+def _register_exit_hook() -> None:
+    if not _exit_hook:
+        _exit_hook.append(True)
+        try:
+            threading._register_atexit(_finish_at_exit)
+        except RuntimeError:      # the interpreter is already shutting down
+            pass
+
+
+def _check_key(key: Any) -> str:
+    if type(key) is not str:
+        raise TypeError(f"key= must be a str, not {type(key).__name__} ({key!r}); tuple keys "
+                        "such as ('x', 0, 1) are not supported: use a string like 'x-0-1'")
+    if not key:
+        raise ValueError("key= must be a non-empty string")
+    return key
+
+
+def _recipe(fn: Payload, args: Payload) -> bytes:
+    """A digest of what a task computes (its function and arguments, buffers too)."""
+    h = hashlib.blake2b(digest_size=16)
+    for payload in (fn, args):
+        h.update(payload.header)
+        for buf in payload.buffers:
+            h.update(buf)
+    return h.digest()
 
 
 def task_options(resources: Any, workers: Any, priority: Any = 0,
@@ -139,7 +185,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         self._own_loop = loop is None
         self.loop = loop or EventLoop("mpnet-client-loop")
         self._futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
-        self._fn_cache: dict[Any, Payload] = {}
+        self._fn_cache: weakref.WeakKeyDictionary[Any, Payload] = weakref.WeakKeyDictionary()
         self._counter = itertools.count()
         self._workers: dict[str, cf.Future] = {}
         self._status = "connecting"
@@ -169,6 +215,8 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             self.close()
             raise
         self._status = "open"
+        _register_exit_hook()
+        _open_clients.add(self)
         if default:
             context.set_default_client(self)
 
@@ -234,9 +282,12 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
     def _task_lost(self, key: str, kind: str, reason: str) -> None:
         fut = self._futures.get(key)
         if fut is not None:
-            cls = {"killed": KilledWorkerError,
+            cls = {"killed": KilledWorkerError, "conflict": KeyConflictError,
                    "unsatisfiable": UnsatisfiableError}.get(kind, WorkerLostError)
-            fut._set_error(cls(reason))
+            if kind == "lost":       # its data is gone from the cluster, even if we
+                fut._set_lost(cls(reason))   # hold a copy (scattered): so say
+            else:
+                fut._set_error(cls(reason))
 
     def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
         self._fail_pending(f"the connection to the scheduler at {self.scheduler_address} "
@@ -306,16 +357,16 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
 
     # --- submitting ------------------------------------------------------------------
     def _function_payload(self, fn: Callable) -> Payload:
+        if not isinstance(fn, _CACHEABLE):
+            return dumps(fn, oob_threshold=self.config.oob_threshold, what="function")
         try:
             return self._fn_cache[fn]
         except (KeyError, TypeError):
             pass
         payload = dumps(fn, oob_threshold=self.config.oob_threshold, what="function")
         try:
-            if len(self._fn_cache) >= _FN_CACHE_SIZE:
-                self._fn_cache.clear()
             self._fn_cache[fn] = payload
-        except TypeError:   # unhashable callable: just don't cache it
+        except TypeError:   # not weakly referable (a builtin): pickling it is cheap
             pass
         return payload
 
@@ -330,8 +381,9 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
 
         Futures anywhere in the arguments (inside lists, dicts, objects) are replaced
         by their results on the worker. ``retries`` re-runs a task that raised;
-        ``priority`` runs higher numbers first. ``key`` names the task: submitting a key
-        that exists gives the existing future.
+        ``priority`` runs higher numbers first. ``key`` (a non-empty str) names the
+        task: submitting the same computation under a key that exists gives the existing
+        future; a different computation under it raises :class:`~mpnet.KeyConflictError`.
         """
         self._check_open("submit")
         if not callable(fn):
@@ -340,18 +392,34 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         if actor:
             return self._submit_actor(fn, args, kwargs, resources=resources, workers=workers)
         if key is not None:
-            existing = self._futures.get(key)
-            if existing is not None:
-                return existing
-        key = key or self._new_key(fn)
+            _check_key(key)
+        return self._submit(fn, args, kwargs, key, priority, retries, resources, workers)
+
+    def _submit(self, fn: Callable, args: tuple, kwargs: dict, key: str | None,
+                priority: int, retries: int, resources: dict | None, workers: list | None,
+                fresh: bool = False) -> Future:
+        """``fresh``: ``key`` was made here, unique: no need to look for a conflict."""
         fn_payload = self._function_payload(fn)
         args_payload, deps = dumps_task_args(args, kwargs,
                                              oob_threshold=self.config.oob_threshold)
+        recipe = None
+        if key is None:
+            key = self._new_key(fn)
+        elif not fresh:
+            recipe = _recipe(fn_payload, args_payload)
+            existing = self._futures.get(key)
+            if existing is not None:
+                if existing._recipe == recipe:
+                    return existing
+                raise KeyConflictError(
+                    f"the key {key!r} already names another computation of this client "
+                    f"({existing!r}); give this one another key, or drop that future first")
         size = fn_payload.nbytes + args_payload.nbytes
         if size > self.config.max_frame_bytes:
             raise FrameTooLargeError.for_size(f"task {key} (its function and arguments)",
                                               size, self.config.max_frame_bytes)
         fut = Future(key, self)
+        fut._recipe = recipe
         self._futures[key] = fut
         self._send([Msg.SUBMIT, key, fn_payload, args_payload, deps, priority, retries,
                     resources, workers])
@@ -360,19 +428,27 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
     def map(self, fn: Callable, /, *iterables: Iterable, key: str | list | None = None,
             retries: int = 0, priority: int = 0, pure: bool | None = None,
             batch_size: int | None = None, **kwargs: Any) -> list[Future]:
-        """``[submit(fn, *args, **kwargs) for args in zip(*iterables)]``, cheaper."""
+        """``[submit(fn, *args, **kwargs) for args in zip(*iterables)]``, cheaper.
+
+        ``key`` is a prefix (each call adds a suffix of its own, so two calls never
+        share keys) or a list of keys, one per task."""
         self._check_open("map")
         if isinstance(key, list):
-            keys = key
-        else:
-            prefix = key or f"{_funcname(fn)}-{self.id[7:]}-m{next(self._counter)}"
-            keys = None
-        futures = []
-        for i, args in enumerate(zip(*iterables)):
-            k = keys[i] if keys is not None else f"{prefix}-{i}"
-            futures.append(self.submit(fn, *args, key=k, retries=retries, priority=priority,
-                                       **kwargs))
-        return futures
+            return [self.submit(fn, *args, key=k, retries=retries, priority=priority,
+                                **kwargs) for k, args in zip(key, zip(*iterables))]
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable first, not {type(fn).__name__}")
+        if kwargs.pop("actor", False):
+            raise TypeError("map() does not create actors: call actor() for each")
+        resources, workers = task_options(kwargs.pop("resources", None),
+                                          kwargs.pop("workers", None), priority, retries)
+        # A prefix gets a suffix of its own per call: keys never collide with an
+        # earlier call's (which would hand back results of other arguments).
+        prefix = (f"{_check_key(key) if key is not None else _funcname(fn)}-"
+                  f"{self.id[7:]}-m{next(self._counter)}")
+        return [self._submit(fn, args, kwargs, f"{prefix}-{i}", priority, retries, resources,
+                             workers, fresh=True)
+                for i, args in enumerate(zip(*iterables))]
 
     # --- results ---------------------------------------------------------------------
     def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
@@ -458,6 +534,8 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
     def scatter(self, data: Any, workers: Iterable[str] | None = None) -> Any:
         """Put local data on workers: a list gives a list of futures, a dict a dict."""
         self._check_open("scatter")
+        if isinstance(data, range):
+            data = list(data)          # as dask: a range scatters as a list
         if isinstance(data, dict):
             keys, values = list(data), list(data.values())
         elif isinstance(data, (list, tuple, set, frozenset)):
@@ -476,14 +554,47 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         self._request(Msg.SCATTER, items, list(workers) if workers else None)
         for fut, v in zip(futures, values):
             fut._set_value(v)
-        return dict(zip(keys, futures)) if isinstance(data, dict) else futures
+        if isinstance(data, dict):
+            return dict(zip(keys, futures))
+        if isinstance(data, (tuple, set, frozenset)):
+            return type(data)(futures)      # the container type is kept, as in dask
+        return futures
 
     def cancel(self, futures: Any, reason: str = "cancelled by the client") -> None:
+        """dask's cancel: stop caring about these futures, running or not. Work already
+        running is abandoned (its result dropped); its worker's thread counts as busy
+        until it ends. A key another client wants too stays theirs. Compare
+        :meth:`Future.cancel`, which cancels only what has not started."""
         if hasattr(futures, "__next__"):
             futures = list(futures)
         keys = [f.key for f in flatten(futures) if isinstance(f, Future)]
         if keys:
             self._send([Msg.CANCEL, keys, reason])
+
+    def _try_cancel(self, futures: list[Future]) -> set[str]:
+        """The stdlib's cancel for ``futures``: the keys cancelled (those that had not
+        started). One round trip to the scheduler, which asks the workers concerned."""
+        futures = [f for f in futures if not f.done()]
+        if not futures or self._status != "open":
+            return set()
+        if self.loop.in_loop_thread():
+            raise RuntimeError("Future.cancel() cannot wait for the cluster's answer in a "
+                               "done-callback (it runs on the client's loop); call "
+                               "client.cancel(futures) there instead")
+        answer: cf.Future = cf.Future()
+        reason = "cancelled before it started (Future.cancel())"
+
+        def on_loop() -> None:
+            def answered(reply: cf.Future) -> None:
+                cancelled = set() if reply.exception() else set(reply.result())
+                for f in futures:        # at once, before cancel() returns
+                    if f.key in cancelled:
+                        f._set_cancelled(reason)
+                answer.set_result(cancelled)
+            self.scheduler.request(Msg.TRY_CANCEL, [f.key for f in futures]
+                                   ).add_done_callback(answered)
+        self.loop.call_soon_threadsafe(on_loop)
+        return answer.result()
 
     def wait(self, futures: Any, timeout: float | None = None,
              return_when: str = "ALL_COMPLETED") -> Any:
@@ -503,7 +614,9 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         """
         self._check_open("run")
         payload = dumps(bind(fn, args, kwargs), what="function")
-        replies = self._request(Msg.RUN, payload, list(workers) if workers else None,
+        if isinstance(workers, str):
+            workers = [workers]
+        replies = self._request(Msg.RUN, payload, None if workers is None else list(workers),
                                 timeout=timeout)
         out = {}
         for address, ok, value in replies:
@@ -529,12 +642,21 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         return ClientExecutor(self, **submit_kwargs)
 
     # --- closing ---------------------------------------------------------------------
+    def _finish_at_exit(self) -> None:
+        """Interpreter exit: wait for the work still wanted, then close."""
+        if self._status == "open":
+            pending = [f for f in list(self._futures.values()) if not f.done()]
+            if pending:
+                cf.wait(pending)
+        self.close()
+
     def close(self, timeout: float | None = None) -> None:
         """Disconnect; the cluster releases this client's data. Idempotent."""
         with self._lock:
             if self._status == "closed":
                 return
             self._status = "closed"
+        _open_clients.discard(self)
         try:
             self.loop.run_sync(self._close_on_loop, timeout=timeout or 5)
         except Exception as e:   # loop gone or stuck: its sockets close with it

@@ -16,6 +16,7 @@ import concurrent.futures as cf
 import queue
 import threading
 import time
+import traceback
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import CancelledError
@@ -66,6 +67,8 @@ class BaseFuture(cf.Future):
 class Future(BaseFuture):
     """The result of a task (or scattered data) on the cluster, by its ``key``."""
 
+    _recipe: bytes | None = None   # digest of fn and args, for a key the user chose
+
     def __init__(self, key: str, client: "Client"):
         super().__init__()
         self.key = key
@@ -111,12 +114,28 @@ class Future(BaseFuture):
             raise CancelledError(f"{self.key} was cancelled"
                                  + (f": {self._reason}" if self._reason else "")) from None
 
+    def traceback(self, timeout: float | None = None) -> str | None:
+        """The text of the remote traceback of a failed task (None if it did not fail).
+
+        dask returns a traceback object; the frames of another process cannot be made
+        into one here, so this is their text (also the ``__cause__`` of the exception)."""
+        exc = self.exception(timeout)
+        if exc is None:
+            return None
+        cause = exc.__cause__
+        return getattr(cause, "tb", None) or "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__))
+
     def cancel(self) -> bool:
-        """Cancel the task on the cluster (and everything that depends on it)."""
-        if self.done() and not self.cancelled():
+        """The stdlib's cancel: True if the task had not started (it never will; the
+        future is cancelled at once), False if it is running or done. It asks the
+        cluster (one round trip). ``client.cancel(futures)`` abandons running work too.
+        """
+        if self.cancelled():
+            return True
+        if self.done():
             return False
-        self.client.cancel([self])
-        return True
+        return self.key in self.client._try_cancel([self])
 
     def release(self) -> None:
         """Tell the cluster this client no longer needs the result."""
@@ -144,6 +163,17 @@ class Future(BaseFuture):
         with self._condition:
             if self._state == cf._base.FINISHED and isinstance(self._result, Remote):
                 # Done, but its value was lost before we fetched it and cannot come back.
+                self._result, self._exception = None, exc
+                self._condition.notify_all()
+                return
+        if not self.done():
+            self.set_exception(exc)
+
+    def _set_lost(self, exc: BaseException) -> None:
+        """Its data is gone from the cluster for good: fail it even if it is finished
+        with a value held here (scattered data), since tasks can no longer use it."""
+        with self._condition:
+            if self._state == cf._base.FINISHED and self._exception is None:
                 self._result, self._exception = None, exc
                 self._condition.notify_all()
                 return

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+import inspect
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..comm.serialize import loads, loads_exception
 from .futures import Future
@@ -18,45 +20,78 @@ __all__ = ["ClientExecutor", "bind", "unwrap", "flatten", "rebuild"]
 
 
 class ClientExecutor(cf.Executor):
-    """``concurrent.futures.Executor`` over a client; its futures are mpnet futures."""
+    """``concurrent.futures.Executor`` over a client; its futures are mpnet futures.
+
+    As the stdlib's executors, it keeps each submitted future until it is done (so work
+    submitted and forgotten still runs), and nothing after: not the callable, not the
+    result."""
 
     def __init__(self, client: "Client", **submit_kwargs: Any):
         self.client = client
         self._kwargs = submit_kwargs
-        self._futures: weakref.WeakSet[Future] = weakref.WeakSet()
+        self._pending: set[Future] = set()
+        self._lock = threading.Lock()
         self._shutdown = False
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        if self._shutdown:
-            raise RuntimeError("cannot submit after shutdown")
-        fut = self.client.submit(bind(fn, args, kwargs), **self._kwargs)
-        self._futures.add(fut)
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        if _SUBMIT_OPTIONS.isdisjoint(kwargs):
+            fut = self.client.submit(fn, *args, **kwargs, **self._kwargs)
+        else:     # the callable's own keywords look like submit's options: bind them
+            fut = self.client.submit(bind(fn, args, kwargs), **self._kwargs)
+        with self._lock:
+            self._pending.add(fut)
+        fut.add_done_callback(self._done)
         return fut
 
+    def _done(self, fut: cf.Future) -> None:
+        with self._lock:
+            self._pending.discard(fut)
+
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1) -> Iterable:
+            chunksize: int = 1) -> Iterator:
+        """As the stdlib's: results in order; each is let go once yielded, and what is
+        left is cancelled if the iteration stops early."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         futures = [self.submit(fn, *args) for args in zip(*iterables)]
 
-        def results() -> Iterable:
-            for f in futures:
-                yield f.result(timeout)
+        def results() -> Iterator:
+            futures.reverse()
+            try:
+                while futures:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    yield futures.pop().result(left)
+            finally:
+                if futures and not self.client.loop.in_loop_thread():
+                    self.client._try_cancel(futures)
         return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._shutdown = True
-        futures = list(self._futures)
-        if cancel_futures:
-            self.client.cancel([f for f in futures if not f.done()])
+        """``cancel_futures=True`` cancels what has not started (running work goes on)."""
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._pending)
+        if cancel_futures and pending:
+            self.client._try_cancel(pending)
         if wait:
-            cf.wait(futures)
+            cf.wait(pending)
+
+
+_SUBMIT_OPTIONS = frozenset({"key", "retries", "priority", "resources", "workers", "actor",
+                             "pure"})
 
 
 def bind(fn: Callable, args: tuple, kwargs: dict) -> Callable:
-    if not args and not kwargs:
-        return fn
-    bound = functools.partial(fn, *args, **kwargs)
-    # keep the signature check of mpnet_worker / mpnet_scheduler working
-    functools.update_wrapper(bound, fn)
+    """``fn`` with its arguments, as one picklable callable."""
+    bound = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
+    try:
+        inspect.signature(bound)
+    except (TypeError, ValueError):
+        # A builtin (int, len): no signature to look for mpnet_worker in, and none needed.
+        bound = functools.partial(fn, *args, **kwargs)
+        bound.__signature__ = inspect.Signature()
     return bound
 
 

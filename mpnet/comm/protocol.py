@@ -71,6 +71,8 @@ class Msg(enum.IntEnum):
     STATUS = 27              # (req_id, options: dict) → REPLY(snapshot dict)
     TASK_STREAM = 28         # (req_id, since: float, n: int | None) → REPLY([record dict])
     GET_LOGS = 29            # (req_id, "scheduler" | "workers", n, workers | None)
+    TRY_CANCEL = 24          # (req_id, keys) → REPLY(keys cancelled: only those not started)
+                             #   also scheduler → worker: REPLY(keys it will now never start)
 
     # actors: any caller (client, worker) → scheduler
     CREATE_ACTOR = 70        # (key, name | None, cls: Payload, args: Payload, options: dict)
@@ -87,6 +89,11 @@ class Msg(enum.IntEnum):
     # caller → hosting worker, directly
     ACTOR_CALL = 80          # (call_id, key, method, args, kwargs, "call" | "getattr")
     ACTOR_RESULT = 81        # (call_id, ok, value, traceback)
+    # caller → scheduler: create a named actor, answered (the name is checked there, once)
+    CREATE_NAMED_ACTOR = 82  # (req_id, key, name, cls, args, options, get_if_exists)
+                             #   → REPLY(the actor's description, "created": bool)
+    ACTOR_STOPPED = 83       # hosting worker → scheduler: (key,) a dropped actor's threads
+                             #   have ended: its resources are free
 
     # scheduler → client
     TASK_DONE = 20           # (key, payload | None, worker address, nbytes)
@@ -111,6 +118,8 @@ class Msg(enum.IntEnum):
     MISSING_DATA = 43        # (key, dep key, worker address)
     HEARTBEAT = 44           # (metrics: dict)
     GOODBYE = 45             # (reason,)  a planned close: not a failure
+    TASK_RELEASED = 46       # (key,) a task the scheduler freed has ended (or will never
+                             #   start) here: its thread is free, nothing was kept
 
     # nanny → scheduler
     REGISTER_NANNY = 50      # (req_id, info: dict)

@@ -17,7 +17,6 @@ Each cluster makes a random token and gives it to its own processes and to
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -203,7 +202,14 @@ class LocalCluster:
             _live.discard(self)
 
 
-@atexit.register
 def _close_forgotten_clusters() -> None:
     for cluster in list(_live):
         cluster.close()
+
+
+# At interpreter exit, clusters a script did not close are closed before ``atexit``
+# handlers run: multiprocessing's own handler would otherwise terminate the worker
+# processes first, under their nannies (which would report crashes and restart them).
+# Clients register their own hook later (at their first creation), so theirs runs
+# first: submitted work finishes, clients close, then workers and the scheduler.
+threading._register_atexit(_close_forgotten_clusters)

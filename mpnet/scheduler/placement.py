@@ -32,6 +32,9 @@ class Placement:
     def _capacity(self, ws: WorkerState) -> int:
         if ws.paused or ws.retiring:
             return 0
+        if ws.abandoned:     # threads still running freed tasks take no queue either
+            free = ws.nthreads - len(ws.abandoned)
+            return free + self.config.worker_queue_extra if free > 0 else 0
         return ws.nthreads + self.config.worker_queue_extra
 
     def _make_ready(self, ts: TaskState) -> None:

@@ -113,6 +113,8 @@ class Scheduler:
             Msg.SUBMIT: self._submit,
             Msg.RELEASE: self._release,
             Msg.CANCEL: self._cancel,
+            Msg.TRY_CANCEL: self._try_cancel,
+            Msg.TASK_RELEASED: self._task_released,
             Msg.SCATTER: self._scatter,
             Msg.RUN: self._run,
             Msg.RUN_ON_SCHEDULER: self._run_on_scheduler,
@@ -383,7 +385,28 @@ class Scheduler:
         self.state.release(conn.owner_data, keys)
 
     def _cancel(self, conn: Connection, keys: list, reason: str) -> None:
-        self.state.cancel(keys, reason)
+        self.state.cancel(keys, reason, conn.owner_data)
+
+    def _try_cancel(self, conn: Connection, req_id: int, keys: list) -> None:
+        """``Future.cancel()``: what has not started. Tasks sent to a worker are cancelled
+        only once that worker confirms it had not started them (and now never will)."""
+        cs, reason = conn.owner_data, "cancelled before it started (Future.cancel())"
+        done, ask = self.state.try_cancel(cs, keys, reason)
+        workers = [ws for ws in ask if ws.link is not None]
+        if not workers:
+            conn.reply(req_id, True, done)
+            return
+
+        def answered(results: list) -> None:
+            live = cs if self.state.clients.get(cs.id) is cs else None
+            for ws, (ok, stopped) in zip(workers, results):
+                if ok:
+                    done.extend(self.state.cancel_unstarted(live, ws, stopped, reason))
+            conn.reply(req_id, True, done)
+        self._when_all([ws.link.request(Msg.TRY_CANCEL, ask[ws]) for ws in workers], answered)
+
+    def _task_released(self, conn: Connection, key: str) -> None:
+        self.state.task_released(conn.owner_data, key)
 
     def _scatter(self, conn: Connection, req_id: int, items: list, workers: list | None) -> None:
         try:

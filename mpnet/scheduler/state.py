@@ -37,6 +37,16 @@ from .taskstate import ACTIVE, ClientState, TaskState, WorkerState
 __all__ = ["SchedulerState", "TaskState", "WorkerState", "ClientState"]
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Two payloads (opaque here) hold the same bytes."""
+    if a is b:
+        return True
+    if hasattr(a, "header") and hasattr(b, "header"):
+        return (a.kind == b.kind and a.header == b.header and len(a.buffers) == len(b.buffers)
+                and all(memoryview(x) == memoryview(y) for x, y in zip(a.buffers, b.buffers)))
+    return a == b
+
+
 class SchedulerState(Placement, Recovery, Actors):
     def __init__(self, config: Config):
         self.config = config
@@ -93,6 +103,13 @@ class SchedulerState(Placement, Recovery, Actors):
                restrict: list | None = None) -> None:
         ts = self.tasks.get(key)
         if ts is not None:                         # a key someone already computes
+            if not (_same(ts.fn, fn) and _same(ts.args, args)):
+                # Never hand out a result for arguments it was not computed from.
+                self._send(cs, [Msg.TASK_LOST, key, "conflict", (
+                    f"the key {key!r} already names a different computation on this "
+                    "cluster (another function, other arguments, or scattered data); "
+                    "give this one another key")])
+                return
             self._want(cs, ts)
             return
         ts = self.tasks[key] = TaskState(key, fn, args, (-priority, next(self._seq)), retries)
@@ -161,6 +178,8 @@ class SchedulerState(Placement, Recovery, Actors):
 
     # --- results -------------------------------------------------------------------
     def task_finished(self, ws: WorkerState, key: str, payload: Any, nbytes: int) -> None:
+        if ws.abandoned and self.task_released(ws, key):
+            return                 # it ended before the worker saw our FREE: drop it
         ts = self.tasks.get(key)
         if ts is None or ts.processing_on is not ws:
             # Released or moved while it ran: the worker should not keep it.
@@ -192,6 +211,8 @@ class SchedulerState(Placement, Recovery, Actors):
             self._maybe_forget(dep)
 
     def task_failed(self, ws: WorkerState, key: str, exception: Any, tb: str) -> None:
+        if ws.abandoned and self.task_released(ws, key):
+            return
         ts = self.tasks.get(key)
         if ts is None or ts.processing_on is not ws:
             return
@@ -210,10 +231,7 @@ class SchedulerState(Placement, Recovery, Actors):
             t = stack.pop()
             if t.state in ("erred", "memory", "forgotten"):
                 continue
-            ws = self._unassign(t)
-            if ws is not None:
-                self._send(ws, [Msg.FREE, [t.key]])
-                self._fill(ws)
+            self._stop_on_worker(t)
             self._to(t, "erred")
             t.exception, t.traceback = exception, tb
             self.counts["erred"] += 1
@@ -229,7 +247,7 @@ class SchedulerState(Placement, Recovery, Actors):
             t = stack.pop()
             if t.state in ("erred", "forgotten") or (t.state == "memory" and t is not ts):
                 continue
-            self._unassign(t)
+            self._stop_on_worker(t)
             self._to(t, "erred")
             t.exception, t.traceback, t.lost = None, reason, kind
             if t is ts:
@@ -250,11 +268,56 @@ class SchedulerState(Placement, Recovery, Actors):
             ts.who_wants.discard(cs)
             self._maybe_forget(ts)
 
-    def cancel(self, keys: Iterable[str], reason: str) -> None:
+    def cancel(self, keys: Iterable[str], reason: str, cs: ClientState | None = None) -> None:
+        """dask's cancel: running work is abandoned. From a client (``cs``), a key other
+        clients want too only loses that client's interest."""
         for key in keys:
             ts = self.tasks.get(key)
-            if ts is not None:
+            if ts is None:
+                continue
+            if cs is not None and len(ts.who_wants) > (cs in ts.who_wants):
+                if ts in cs.wants:
+                    cs.wants.discard(ts)
+                    ts.who_wants.discard(cs)
+                    self._send(cs, [Msg.TASK_CANCELLED, key, reason])
+            else:
                 self._cancel_one(ts, reason)
+
+    def try_cancel(self, cs: ClientState, keys: Iterable[str], reason: str
+                   ) -> tuple[list[str], dict[WorkerState, list[str]]]:
+        """The stdlib's cancel: only what has not started. Returns the keys cancelled now
+        and, per worker, the keys to ask about (sent there; the I/O layer asks whether it
+        started them and passes the answer to :meth:`cancel_unstarted`)."""
+        done: list[str] = []
+        ask: dict[WorkerState, list[str]] = {}
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts not in cs.wants:
+                continue
+            if ts.state in ("waiting", "ready", "released"):
+                self.cancel([key], reason, cs)
+                done.append(key)
+            elif ts.state == "processing" and ts.who_wants == {cs}:
+                # (shared work is never stopped for one client: it counts as started)
+                ask.setdefault(ts.processing_on, []).append(key)
+        return done, ask
+
+    def cancel_unstarted(self, cs: ClientState | None, ws: WorkerState, keys: Iterable[str],
+                         reason: str) -> list[str]:
+        """``ws`` says it will never start ``keys``: cancel them for ``cs`` (or, if that is
+        no longer possible, run them elsewhere). Returns the keys cancelled."""
+        done = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.processing_on is not ws:
+                continue
+            if cs is not None and ts.who_wants == {cs}:
+                self.cancel([key], reason, cs)
+                done.append(key)
+            else:                  # wanted by someone else meanwhile: it must run
+                self._stop_on_worker(ts)
+                self._make_ready(ts)
+        return done
 
     def _cancel_one(self, ts: TaskState, reason: str) -> None:
         stack = [ts]
@@ -297,10 +360,7 @@ class SchedulerState(Placement, Recovery, Actors):
             return
         self._to(ts, "forgotten")
         self.tasks.pop(ts.key, None)
-        ws = self._unassign(ts)
-        if ws is not None:
-            self._send(ws, [Msg.FREE, [ts.key]])
-            self._fill(ws)
+        self._stop_on_worker(ts)
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
@@ -310,6 +370,28 @@ class SchedulerState(Placement, Recovery, Actors):
             dep.dependents.discard(ts)
             self._maybe_forget(dep)
         ts.fn = ts.args = None
+
+    def _stop_on_worker(self, ts: TaskState) -> None:
+        """Take ``ts`` off its worker, which may be running it: a running thread cannot
+        be stopped, so the slot (and resources) stay held until the worker says the task
+        ended (:meth:`task_released`); no new work is sent there on its account."""
+        ws = ts.processing_on
+        if ws is None:
+            return
+        ws.processing.discard(ts)
+        ts.processing_on = None
+        ws.abandoned.append((ts.key, ts.resources))
+        self._send(ws, [Msg.FREE, [ts.key]])
+
+    def task_released(self, ws: WorkerState, key: str) -> bool:
+        """A task freed on ``ws`` has ended (or will never start): free its slot."""
+        for i, (k, resources) in enumerate(ws.abandoned):
+            if k == key:
+                del ws.abandoned[i]
+                self._release_resources(ws, resources)
+                self._fill(ws)
+                return True
+        return False
 
     # --- workers -------------------------------------------------------------------
     def add_worker(self, address: str, *, nthreads: int = 1, name: str = "", pid: int = 0,

@@ -49,7 +49,7 @@ class TaskState:
 class WorkerState:
     __slots__ = ("address", "name", "nthreads", "pid", "nanny", "info", "processing",
                  "has_what", "nbytes", "metrics", "last_seen", "link", "exit", "paused",
-                 "retiring", "resources", "used", "actors")
+                 "retiring", "resources", "used", "actors", "abandoned")
 
     def __init__(self, address: str, nthreads: int, name: str, pid: int, nanny: str | None,
                  info: dict):
@@ -68,6 +68,9 @@ class WorkerState:
         self.resources: dict = dict(info.get("resources") or {})   # what it declared
         self.used: dict = {}             # held by running tasks and live actors
         self.actors: set = set()         # keys of the actors it hosts
+        #: (key, resources) of tasks freed while it may still run them: each holds its
+        #: thread (and resources) until the worker says it ended (TASK_RELEASED)
+        self.abandoned: list = []
 
     def __repr__(self) -> str:
         return f"<Worker {self.address} processing={len(self.processing)}>"

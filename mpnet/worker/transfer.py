@@ -83,6 +83,8 @@ class Transfer:
             task = self.tasks.pop(key, None)
             if task is not None:
                 self._release_inputs(task)
+                if task.stop():        # never started: its slot is free now; else
+                    self._ended_freed(task)    # the thread says so when it ends
             self._owned.discard(key)
             if key not in self._borrowed:
                 self.store.pop(key)

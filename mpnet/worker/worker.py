@@ -50,12 +50,26 @@ _FN_CACHE_SIZE = 512
 
 
 class _Task:
-    __slots__ = ("key", "fn", "args", "deps", "priority", "missing")
+    __slots__ = ("key", "fn", "args", "deps", "priority", "missing", "gate", "stopped")
 
     def __init__(self, key: str, fn: Payload, args: Payload, deps: list[str], priority: list):
         self.key, self.fn, self.args, self.deps = key, fn, args, deps
         self.priority = priority
         self.missing: set[str] = set()
+        # Whoever pops the one item first decides: the executor thread (it starts) or
+        # the loop thread (it never will). list.pop is atomic: no lock on the hot path.
+        self.gate = [True]
+        self.stopped = False       # the loop thread took the gate
+
+    def stop(self) -> bool:
+        """Loop thread: True if the task has not started and now never will."""
+        if not self.stopped:
+            try:
+                self.gate.pop()
+            except IndexError:     # an executor thread runs it (or ran it)
+                return False
+            self.stopped = True
+        return True
 
 
 class Worker(Transfer):
@@ -143,6 +157,7 @@ class Worker(Transfer):
             Msg.PLUGIN: self._plugin,
             Msg.PLUGIN_INSTALL: self._plugin_install,
             Msg.ACQUIRE: self._acquire,
+            Msg.TRY_CANCEL: self._try_cancel,
             Msg.HOST_ACTOR: lambda conn, *a: self.actor_host.host(*a),
             Msg.DROP_ACTOR: lambda conn, key, reason: self.actor_host.drop(key, reason),
             Msg.ACTOR_CALL: self.actor_host_call,
@@ -416,6 +431,10 @@ class Worker(Transfer):
         """Executor thread: unpickle, run, pickle; hand the outcome to the loop."""
         if self.tasks.get(task.key) is not task or self._stopped.is_set():
             return
+        try:
+            task.gate.pop()
+        except IndexError:         # cancelled before it started
+            return
         context.set_thread_worker(self)
         try:
             func = self._function(task.fn)
@@ -447,6 +466,7 @@ class Worker(Transfer):
 
     def _finished(self, task: _Task, value: Any, payload: Payload) -> None:
         if self.tasks.get(task.key) is not task:
+            self._ended_freed(task)
             return
         del self.tasks[task.key]
         self._release_inputs(task)
@@ -459,11 +479,26 @@ class Worker(Transfer):
 
     def _failed(self, task: _Task, exc: Payload, tb: str) -> None:
         if self.tasks.get(task.key) is not task:
+            self._ended_freed(task)
             return
         del self.tasks[task.key]
         self._release_inputs(task)
         self.scheduler.send([Msg.TASK_FAILED, task.key, exc, tb])
         self._transition(task.key, "ready", "error")
+
+    def _ended_freed(self, task: _Task) -> None:
+        """A task the scheduler freed while it ran has ended: its thread is free."""
+        if self.scheduler is not None and not self._stopped.is_set():
+            self.scheduler.send([Msg.TASK_RELEASED, task.key])
+
+    def _try_cancel(self, conn: Connection, req_id: int, keys: list) -> None:
+        """Which of ``keys`` had not started (and now never will)."""
+        stopped = []
+        for key in keys:
+            task = self.tasks.get(key)
+            if task is not None and task.stop():
+                stopped.append(key)
+        conn.reply(req_id, True, stopped)
 
     # --- run -----------------------------------------------------------------------
     def _run(self, conn: Connection, req_id: int, fn: Payload) -> None:

@@ -375,9 +375,11 @@ def test_releasing_everything_while_it_runs_forgets_everything():
     out = state.take_outbox()
     assert freed(out) == {("w1", "a")}                   # a was running: stop it
     assert_empty(state)
-    # the worker finishes it anyway: it is told to drop the result
+    # the worker finishes it anyway (before it saw the FREE): its slot is free now,
+    # and the FREE already sent drops the result
+    assert w1.abandoned == [("a", None)]
     state.task_finished(w1, "a", "result", 5)
-    assert state.take_outbox() == [(w1, [Msg.FREE, ["a"]])]
+    assert state.take_outbox() == [] and w1.abandoned == []
     assert_empty(state)
 
 
@@ -418,11 +420,15 @@ def test_releasing_or_cancelling_a_running_task_hands_queued_work_to_its_worker(
     state.release(c, ["a"])
     out = state.take_outbox()
     assert freed(out) == {("w1", "a")}
-    assert computes(out) == [("w1", "b")]
+    assert computes(out) == []             # its thread still runs a (issue 8 item 6)
+    state.task_released(w1, "a")           # ... until the worker says it ended
+    assert computes(state.take_outbox()) == [("w1", "b")]
     state.cancel(["b"], "no")
     out = state.take_outbox()
     assert freed(out) == {("w1", "b")}
-    assert computes(out) == [("w1", "c")]
+    assert computes(out) == []
+    state.task_failed(w1, "b", "exc", "tb")     # a report of a freed task frees it too
+    assert computes(state.take_outbox()) == [("w1", "c")]
 
 
 def test_remove_client_releases_all_its_keys():
