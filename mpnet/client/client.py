@@ -633,7 +633,8 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         return unwrap(self._request(Msg.RUN_ON_SCHEDULER, payload, timeout=timeout))
 
     def scheduler_info(self, timeout: float | None = None) -> dict:
-        """``{"id", "address", "workers": {address: details}, ...}`` as in dask."""
+        """``{"id", "address", "started" (a ``time.time()``), "workers": {address:
+        details}, ...}`` as in dask."""
         self._check_open("scheduler_info")
         return self._request(Msg.INFO, timeout=timeout)
 

@@ -28,16 +28,31 @@ class OperationsMixin:
         self.loop.run_sync(cancel_all)
         self._request_op(Msg.RESTART, None, timeout, timeout=timeout + 5)
 
-    def restart_workers(self, workers: Iterable[str], timeout: float = 60.0) -> None:
-        """Restart the named workers (addresses or names); their tasks move elsewhere."""
+    def restart_workers(self, workers: Iterable[str], timeout: float = 60.0) -> dict:
+        """Restart the named workers (addresses or names); their tasks move elsewhere.
+        Returns ``{address: "OK"}`` per worker restarted (a worker without a nanny
+        cannot be: it says so instead)."""
         self._check_open("restart_workers")
+        chosen = self._workers_named(workers)
         self._request_op(Msg.RESTART, list(workers), timeout, timeout=timeout + 5)
+        return {a: "OK" if info.get("nanny") else "not restarted: it has no nanny"
+                for a, info in chosen.items()}
 
-    def retire_workers(self, workers: Iterable[str], timeout: float = 60.0) -> None:
+    def retire_workers(self, workers: Iterable[str], timeout: float = 60.0) -> dict:
         """Move the results the named workers hold to other workers, then close them
-        (their nannies do not restart them)."""
+        (their nannies do not restart them). Returns ``{address: info}`` of the workers
+        retired, as dask does."""
         self._check_open("retire_workers")
-        self._request_op(Msg.RETIRE_WORKERS, list(workers), timeout=timeout)
+        chosen = self._workers_named(workers)
+        self._request_op(Msg.RETIRE_WORKERS, list(chosen), timeout=timeout)
+        return chosen
+
+    def _workers_named(self, workers: Iterable[str]) -> dict:
+        if isinstance(workers, str):
+            raise TypeError("workers must be a list of addresses or names, not one string")
+        names = set(workers)
+        return {a: info for a, info in self.scheduler_info()["workers"].items()
+                if a in names or info.get("name") in names}
 
     def _request_op(self, *msg: Any, timeout: float) -> str:
         try:

@@ -173,6 +173,7 @@ class Scheduler:
         shown = host if host not in ("", "0.0.0.0") else outward_host()
         self.address = self.listener.address_at(shown)
         self._status = "running"
+        self.started = time.time()     # scheduler_info()["started"], as in dask
         log.info("Scheduler at: %s", self.address)
         try:
             self.monitoring.start()         # before the scheduler file: it names the dashboard
@@ -470,7 +471,8 @@ class Scheduler:
         for w in workers.values():
             w["restarts"] = self.restarts.get(w["nanny"], 0)
         return {"type": "Scheduler", "id": self.id, "address": self.address,
-                "pid": os.getpid(), "workers": workers, "tasks": len(st.tasks),
+                "pid": os.getpid(), "started": getattr(self, "started", None),
+                "workers": workers, "tasks": len(st.tasks),
                 "ready": len(st.ready), "clients": len(st.clients), "counts": dict(st.counts),
                 "versions": get_versions()}
 
