@@ -1,8 +1,8 @@
 """The client's actor methods: ``actor``, ``get_actor``, ``list_actors``, ``kill_actor``.
 
-Mixed into :class:`~mpnet.Client`. A client counts the handles it gave out per actor;
-when the last one is dropped it tells the scheduler, which kills the actor unless it is
-``lifetime="detached"`` or another client holds it.
+Mixed into :class:`~mpnet.Client`. A client counts the handles it gave out per actor,
+and the calls through them not yet answered; when both are gone it tells the scheduler,
+which kills the actor unless it is ``lifetime="detached"`` or another client holds it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,25 @@ from typing import Any, Iterable
 from ..comm.protocol import Msg
 from ..comm.serialize import dumps, encode_args
 
-from .actors import ActorCaller, ActorHandle, actor_methods, dead_error
+from .actors import ActorCaller, ActorHandle, _resolve_futures, actor_methods, dead_error
 from .futures import BaseFuture
+
+
+class ActorHandleFuture(BaseFuture):
+    """dask's ``submit(Cls, actor=True)``: a future of the handle. Passed to a task or
+    an actor, it travels as the handle (once the actor is up)."""
+
+    def __reduce__(self) -> Any:
+        return self.result().__reduce__()
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} takes an actor name (a str), not {type(name).__name__} "
+                        f"({name!r})")
+    if not name:
+        raise ValueError(f"{what} needs a non-empty actor name")
+    return name
 
 __all__ = ["ActorMixin"]
 
@@ -36,13 +53,15 @@ class ActorMixin:
                     caller = self.__dict__["_caller"] = ActorCaller(
                         self.loop, self.config, self.token,
                         request=lambda *msg: self.scheduler.request(*msg),
-                        info={"id": self.id})
+                        info={"id": self.id}, owner=self,
+                        on_unreferenced=self._actor_unreferenced)
         return caller
 
     def actor(self, cls: type, /, *args: Any, name: str | None = None, max_restarts: int = 0,
               max_task_retries: int = 0, max_concurrency: int = 1,
               resources: dict | None = None, workers: Iterable[str] | None = None,
-              lifetime: str | None = None, **kwargs: Any) -> ActorHandle:
+              lifetime: str | None = None, get_if_exists: bool = False,
+              **kwargs: Any) -> ActorHandle:
         """Create an actor: ``cls(*args, **kwargs)`` on a worker. Returns its handle at
         once; calls made before it is placed wait for it.
 
@@ -52,10 +71,19 @@ class ActorMixin:
         order). ``resources``/``workers`` restrict where it may live; it holds its
         resources while alive. ``lifetime="detached"`` keeps a named actor alive after
         its handles are gone, until killed.
+
+        ``name`` must be free among live actors (ValueError otherwise), unless
+        ``get_if_exists=True``: then the live actor of that name is returned (Ray's
+        get-or-create; safe when clients race). Futures among the arguments are
+        resolved first (this call waits for them).
         """
         self._check_open("actor")
         if not isinstance(cls, type):
             raise TypeError(f"actor() needs a class, not {type(cls).__name__}")
+        if name is not None:
+            _check_name(name, "actor(name=)")
+        if get_if_exists and name is None:
+            raise ValueError("get_if_exists=True needs a name=")
         if lifetime not in (None, "detached"):
             raise ValueError(f"lifetime must be None or 'detached', not {lifetime!r}")
         if lifetime == "detached" and name is None:
@@ -70,6 +98,7 @@ class ActorMixin:
                                  f"{1 if name_ == 'max_concurrency' else 0}, not {value!r}")
         methods, _ = actor_methods(cls)
         key = f"{cls.__name__}-{uuid.uuid4().hex[:16]}"
+        args, kwargs = _resolve_futures(args, kwargs)
         args_payload, _ = encode_args(args, kwargs, oob_threshold=self.config.oob_threshold)
         if not hasattr(args_payload, "header"):       # plain lists: still one payload
             args_payload = dumps((args, kwargs), what="actor arguments")
@@ -77,16 +106,27 @@ class ActorMixin:
                    "resources": resources, "workers": workers,
                    "lifetime": lifetime, "methods": sorted(methods),
                    "cls_name": cls.__name__}
+        cls_payload = dumps(cls, what="actor class")
+        if name is not None:     # the scheduler checks the name, once, for every client
+            info = self._request(Msg.CREATE_NAMED_ACTOR, key, name, cls_payload,
+                                 args_payload, options, get_if_exists)
+            if "refused" in info:
+                raise ValueError(info["refused"])
+            if not info["created"]:
+                key, methods = info["key"], frozenset(info.get("methods") or ())
+                self._hold_actor(key)
+                return ActorHandle(key, name, info.get("cls_name") or cls.__name__, methods,
+                                   max_task_retries, caller=self.actor_caller, owner=self)
         self._hold_actor(key)
-        self._send([Msg.CREATE_ACTOR, key, name, dumps(cls, what="actor class"),
-                    args_payload, options])
+        if name is None:
+            self._send([Msg.CREATE_ACTOR, key, name, cls_payload, args_payload, options])
         return ActorHandle(key, name, cls.__name__, methods, max_task_retries,
                            caller=self.actor_caller, owner=self)
 
     def _submit_actor(self, cls: type, args: tuple, kwargs: dict, **options: Any) -> BaseFuture:
         """dask's form, ``submit(cls, *args, actor=True)``: a future of the handle."""
         handle = self.actor(cls, *args, **options, **kwargs)
-        fut = BaseFuture()
+        fut = ActorHandleFuture()
 
         def answered(reply: cf.Future) -> None:
             if reply.exception() is not None:
@@ -101,9 +141,15 @@ class ActorMixin:
         return fut
 
     def get_actor(self, name: str, timeout: float | None = None) -> ActorHandle:
-        """The handle of a named actor (waits while it is being placed)."""
+        """The handle of a named actor (waits while it is being placed). ValueError if
+        no actor has that name."""
         self._check_open("get_actor")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"get_actor() needs the name of an actor, not {name!r}")
         info = self._request(Msg.LOOKUP_ACTOR, name, timeout=timeout)
+        if info["key"] is None:
+            raise ValueError(f"no actor is named {name!r} (list_actors() shows the live "
+                             "ones)")
         if info["status"] != "alive":
             raise dead_error(name, info)
         key = info["key"]
@@ -139,12 +185,12 @@ class ActorMixin:
             pass
 
     def _count_actor_handle(self, key: str, change: int) -> None:
-        refs = self.__dict__.setdefault("_actor_refs", {})
-        refs[key] = refs.get(key, 0) + change
-        if refs[key] <= 0:
-            del refs[key]
-            if not self.scheduler.closed:
-                self.scheduler.send([Msg.RELEASE_ACTOR, key])
+        self.actor_caller.count(key, change)
+
+    def _actor_unreferenced(self, key: str) -> None:
+        """Loop thread: no handle and no unanswered call of this client holds it."""
+        if not self.scheduler.closed:
+            self.scheduler.send([Msg.RELEASE_ACTOR, key])
 
 
 

@@ -9,7 +9,9 @@
     ACTOR_RESULT ─► the call's ActorFuture (result, or the remote exception)
 
 One ActorCaller serves a process side: a Client, or a Worker whose tasks and actors use
-handles. When the hosting worker dies, calls in flight fail with ``ActorDiedError``
+handles. A client's caller also counts its references to each actor, handles and
+calls not yet answered alike (Ray's rule: a pending call keeps its actor alive); when
+the count of an actor falls to zero it tells the scheduler, which may then kill it. When the hosting worker dies, calls in flight fail with ``ActorDiedError``
 (saying they may have run) unless ``max_task_retries`` lets them be sent again; later
 calls wait for the scheduler to re-create the actor and go to the new instance.
 """
@@ -20,14 +22,19 @@ import collections
 import concurrent.futures as cf
 import itertools
 import logging
+import threading
 from typing import Any, Callable
 
 from ..comm.connection import Connection, connect
 from ..comm.fields import check_fields
 from ..comm.protocol import Msg
-from ..comm.serialize import decode_value, encode_args, loads_exception
+from ..comm.serialize import Payload, decode_value, encode_args, loads_exception
 from ..errors import ActorDiedError, ProtocolError
 from .futures import BaseFuture
+
+# Which client is unpickling on this thread: handles that arrive inside results bind
+# to the client that fetched them (see ``binding``).
+_binding = threading.local()
 
 __all__ = ["ActorHandle", "ActorFuture", "ActorCaller", "actor_methods"]
 
@@ -55,22 +62,27 @@ def actor_methods(cls: type) -> tuple[frozenset, bool]:
 
 
 class _Call:
-    __slots__ = ("future", "key", "method", "args", "kwargs", "kind", "retries")
+    __slots__ = ("future", "key", "method", "args", "kwargs", "kind", "retries", "counted")
 
     def __init__(self, future: ActorFuture, key: str, method: str, args: Any, kwargs: Any,
                  kind: str, retries: int):
         self.future, self.key, self.method = future, key, method
         self.args, self.kwargs, self.kind, self.retries = args, kwargs, kind, retries
+        self.counted = False      # it holds a reference to its actor until answered
 
 
 class ActorCaller:
     """Connections to hosting workers and the calls in flight (state: loop thread)."""
 
     def __init__(self, loop: Any, config: Any, token: str | None,
-                 request: Callable[..., cf.Future], info: dict):
+                 request: Callable[..., cf.Future], info: dict, owner: Any = None,
+                 on_unreferenced: Callable[[str], None] | None = None):
         self.loop, self.config, self.token = loop, config, token
         self._request = request            # loop thread: scheduler request → future
         self._info = info
+        self.owner = owner                 # the Client this caller serves, if any
+        self._on_unreferenced = on_unreferenced
+        self._refs: dict[str, int] = {}    # actor key → handles + calls not answered
         self._where: dict[str, str] = {}   # actor key → hosting worker address
         self._queued: dict[str, collections.deque] = {}    # waiting for an address
         self._conns: dict[str, cf.Future] = {}
@@ -84,12 +96,33 @@ class ActorCaller:
         a, k = encode_args(args, kwargs, oob_threshold=self.config.oob_threshold)
         call = _Call(fut, key, method, a, k, kind, retries)
         if self.loop.in_loop_thread():
-            self._dispatch(call)
+            self._accept(call)
         else:
-            self.loop.call_soon_threadsafe(self._dispatch, call)
+            self.loop.call_soon_threadsafe(self._accept, call)
         return fut
 
     # loop thread ----------------------------------------------------------------------
+    def count(self, key: str, change: int) -> None:
+        """A handle was made (+1) or dropped (-1) in this process."""
+        n = self._refs.get(key, 0) + change
+        if n > 0:
+            self._refs[key] = n
+            return
+        self._refs.pop(key, None)
+        if self._on_unreferenced is not None:
+            self._on_unreferenced(key)
+
+    def _accept(self, call: _Call) -> None:
+        if call.key in self._refs:       # an actor this process holds: the call holds it too
+            self._refs[call.key] += 1
+            call.counted = True
+        self._dispatch(call)
+
+    def _answered(self, call: _Call) -> None:
+        if call.counted:
+            call.counted = False
+            self.count(call.key, -1)
+
     def _dispatch(self, call: _Call) -> None:
         queued = self._queued.get(call.key)
         if queued is not None:            # keep order behind calls waiting for a lookup
@@ -153,14 +186,19 @@ class ActorCaller:
         call = entry[0]
         if ok:
             try:
-                call.future.set_result(decode_value(value))
+                if isinstance(value, Payload):     # (plain scalars hold no handles)
+                    with binding(self.owner):
+                        value = decode_value(value)
+                call.future.set_result(value)
             except Exception as e:   # the result cannot be unpickled here
                 call.future.set_exception(e)
         elif value is None:                  # the actor is not there (moved, killed)
             self._where.pop(call.key, None)
             self._retry_or_fail(call, entry[1], sent=False)
+            return
         else:
             call.future.set_exception(loads_exception(value, tb))
+        self._answered(call)
 
     def _worker_gone(self, address: str) -> None:
         """The connection to a hosting worker closed: it probably died."""
@@ -181,15 +219,17 @@ class ActorCaller:
             f"the worker {address} hosting actor {call.key} died while {call.method}() "
             "was in flight: the call may or may not have run. Set max_task_retries to "
             "send such calls again; later calls go to the restarted actor, if any."))
+        self._answered(call)
 
-    @staticmethod
-    def _fail_all(calls: Any, exc: BaseException) -> None:
+    def _fail_all(self, calls: Any, exc: BaseException) -> None:
         for call in calls:
             if not call.future.done():
                 call.future.set_exception(exc)
+            self._answered(call)
 
     def close(self) -> None:
         """Loop thread: drop worker connections; calls in flight fail."""
+        self._on_unreferenced = None      # closing: the scheduler forgets us anyway
         for fut in self._conns.values():
             if fut.done() and fut.exception() is None:
                 conn = fut.result()
@@ -217,6 +257,31 @@ def _resolve_futures(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return tuple(rebuild(list(args), values, False)), rebuild(kwargs, values, False)
 
 
+class binding:
+    """``with binding(client):`` handles unpickled in the block bind to ``client``."""
+
+    __slots__ = ("client", "before")
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def __enter__(self) -> None:
+        self.before = getattr(_binding, "client", None)
+        _binding.client = self.client
+
+    def __exit__(self, *exc: Any) -> None:
+        _binding.client = self.before
+
+
+def _rebuild(key: str, name: str | None, cls_name: str, methods: frozenset,
+             retries: int) -> "ActorHandle":
+    """Unpickling a handle: it borrows the reference of whoever sent it, and calls
+    through the client that fetched it (or, in a task or actor, its worker)."""
+    handle = ActorHandle(key, name, cls_name, methods, retries)
+    handle._via = getattr(_binding, "client", None)
+    return handle
+
+
 def dead_error(key: str, info: dict) -> BaseException:
     """The error for calls to a dead actor: its constructor's own, or ActorDiedError."""
     if info.get("error"):
@@ -238,6 +303,7 @@ class ActorHandle:
         self._methods, self._retries = methods, max_task_retries
         self._caller = caller          # resolved lazily in other processes
         self._owner = owner            # the Client whose reference this handle counts
+        self._via = owner              # the Client it calls and kills through, if known
 
     @property
     def key(self) -> str:
@@ -253,9 +319,15 @@ class ActorHandle:
 
     def _get_caller(self) -> "ActorCaller":
         if self._caller is None:
-            from ..worker.context import current_caller
-            self._caller = current_caller()
+            if self._via is not None:
+                self._caller = self._via.actor_caller
+            else:
+                from ..worker.context import current_caller
+                self._caller = current_caller()
         return self._caller
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._methods))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -271,15 +343,15 @@ class ActorHandle:
 
     def kill(self) -> None:
         """Stop the actor now (its resources are freed; later calls fail)."""
-        if self._owner is None:
+        if self._via is None:
             from ..worker.context import current_client
             current_client().kill_actor(self)
         else:
-            self._owner.kill_actor(self)
+            self._via.kill_actor(self)
 
     def __reduce__(self) -> Any:
-        return (ActorHandle, (self._key, self._name, self._cls_name, self._methods,
-                              self._retries))
+        return (_rebuild, (self._key, self._name, self._cls_name, self._methods,
+                           self._retries))
 
     def __del__(self) -> None:
         owner = self._owner

@@ -39,6 +39,7 @@ from ..errors import (ClusterClosedError, CommClosedError, FrameTooLargeError,
 from ..versions import get_versions
 from ..worker import context
 from .actor_api import ActorMixin
+from .actors import binding
 from .monitoring import MonitoringMixin
 from .operations import OperationsMixin
 from .futures import Future, Remote, as_completed, wait
@@ -265,7 +266,8 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             fut._set_value(Remote(worker, nbytes))
             return
         try:
-            fut._set_value(loads(payload, what=f"result of {key}"))
+            with binding(self):      # actor handles inside bind to this client
+                fut._set_value(loads(payload, what=f"result of {key}"))
         except Exception as e:   # the result cannot be unpickled here: the future says so
             fut._set_error(e)
 
@@ -498,7 +500,8 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
                     got = {}
                 for f in batch:
                     if f.key in got:
-                        f._set_value(loads(got[f.key], what=f"result of {f.key}"))
+                        with binding(self):
+                            f._set_value(loads(got[f.key], what=f"result of {f.key}"))
                     elif f._wait_moved(worker, deadline):
                         if isinstance(f._result, Remote):
                             pending.append(f)

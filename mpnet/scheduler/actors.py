@@ -11,6 +11,10 @@ worker dies (while ``max_restarts`` allows), and kills them when no handle is le
     pending ──HOST_ACTOR──► starting ──ACTOR_STARTED──► alive ──worker lost──► restarting
        ▲ (no worker fits yet)          │ ACTOR_FAILED                        │ (restarts left)
        └───────────────────────────────┴──────────► dead ◄── kill / no handle / none left
+
+A killed (or released) actor is dead at once for its callers, but a method it is
+running cannot be interrupted: its resources stay held on its worker until the worker
+says its threads have ended (ACTOR_STOPPED).
 """
 
 from __future__ import annotations
@@ -55,6 +59,20 @@ class Actors:
         actor_names: dict
 
     # --- creating and placing --------------------------------------------------------
+    def create_named_actor(self, holder: Any, key: str, name: str, cls: Any, args: Any,
+                           options: dict, get_if_exists: bool) -> dict:
+        """Create ``name`` unless a live actor has it: then return that one (Ray's
+        get-or-create, atomic here) or, without ``get_if_exists``, an ``error``."""
+        other = self.actors.get(self.actor_names.get(name, ""))
+        if other is not None and other.status != "dead":
+            if not get_if_exists:
+                return {"refused": f"an actor named {name!r} already exists ({other.key}): "
+                                 f"use get_actor({name!r}), or get_if_exists=True"}
+            other.holders.add(holder)
+            return {**other.describe(), "created": False}
+        self.create_actor(holder, key, name, cls, args, options)
+        return {**self.actors[key].describe(), "created": True}
+
     def create_actor(self, holder: Any, key: str, name: str | None, cls: Any, args: Any,
                      options: dict) -> None:
         if key in self.actors:
@@ -157,13 +175,22 @@ class Actors:
         if actor is None or actor.status == "dead":
             return False
         ws = actor.worker
-        self._unhost(actor)
         if ws is not None:
+            # Its resources are freed when the worker says its threads ended.
+            ws.actors.discard(key)
+            actor.worker = None
+            self.stopping_actors[key] = (ws, actor.options.get("resources"))
             self._send(ws, [Msg.DROP_ACTOR, key, reason])
-            self._fill(ws)
         self._actor_dead(actor, f"actor {key} was {reason}")
-        self.place_pending_actors()
         return True
+
+    def actor_stopped(self, ws: WorkerState, key: str) -> None:
+        """A dropped actor's threads on ``ws`` have all ended: free its resources."""
+        entry = self.stopping_actors.get(key)
+        if entry is not None and entry[0] is ws:
+            del self.stopping_actors[key]
+            self._release_resources(ws, entry[1])
+            self._fill(ws)
 
     def release_actor(self, holder: Any, key: str) -> None:
         actor = self.actors.get(key)
@@ -179,6 +206,8 @@ class Actors:
 
     def actors_lost_with(self, ws: WorkerState) -> None:
         """``ws`` is gone: re-create its actors elsewhere while restarts remain."""
+        for key in [k for k, (w, _) in self.stopping_actors.items() if w is ws]:
+            del self.stopping_actors[key]
         for key in list(ws.actors):
             actor = self.actors[key]
             self._unhost(actor)

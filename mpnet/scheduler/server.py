@@ -139,6 +139,8 @@ class Scheduler:
             Msg.ACTOR_STARTED: self._actor_started,
             Msg.ACTOR_FAILED: self._actor_failed,
             Msg.ACTOR_CHECKPOINT: self._actor_checkpoint,
+            Msg.CREATE_NAMED_ACTOR: self._create_named_actor,
+            Msg.ACTOR_STOPPED: self._actor_stopped,
             **self.monitoring.handlers,
         })
         for plugin in plugins:
@@ -360,6 +362,14 @@ class Scheduler:
     def _create_actor(self, conn: Connection, key: str, name: str | None, cls: Any,
                       args: Any, options: dict) -> None:
         self.state.create_actor(conn.owner_data, key, name, cls, args, options)
+
+    def _create_named_actor(self, conn: Connection, req_id: int, key: str, name: str,
+                            cls: Any, args: Any, options: dict, get_if_exists: bool) -> None:
+        conn.reply(req_id, True, self.state.create_named_actor(
+            conn.owner_data, key, name, cls, args, options, get_if_exists))
+
+    def _actor_stopped(self, conn: Connection, key: str) -> None:
+        self.state.actor_stopped(conn.owner_data, key)
 
     def _lookup_actor(self, conn: Connection, req_id: int, key_or_name: str) -> None:
         self.state.lookup_actor(conn.owner_data, req_id, key_or_name)

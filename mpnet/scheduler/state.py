@@ -57,6 +57,7 @@ class SchedulerState(Placement, Recovery, Actors):
         self.restricted: list[TaskState] = []    # ready, waiting for a worker that fits
         self.actors: dict = {}                   # key → ActorState
         self.actor_names: dict[str, str] = {}    # name → key
+        self.stopping_actors: dict = {}          # key → (worker, resources) until stopped
         self.outbox: list[tuple[Any, list]] = []
         self.exits: dict[str, str] = {}          # worker address → "pid 12, exit code 3"
         self.counts = {"submitted": 0, "finished": 0, "erred": 0, "workers_lost": 0}

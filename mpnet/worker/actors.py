@@ -78,6 +78,10 @@ class _Hosted:
         self.host, self.key = host, key
         self.context = ActorContext(host, key, name, restarted)
         self.mailbox: queue.SimpleQueue = queue.SimpleQueue()
+        #: calls accepted and not yet answered, (connection, call id) → True; loop thread
+        self.pending: dict[tuple, bool] = {}
+        self.running = 0                  # its threads still alive (loop thread's count)
+        self.dropped = False
         self.instance: Any = None
         self.is_async = any(inspect.iscoroutinefunction(getattr(cls, n, None))
                             for n in dir(cls) if not n.startswith("__"))
@@ -109,6 +113,12 @@ class _Hosted:
         self.host.started(self.key, None, "")
 
     def _run(self) -> None:
+        try:
+            self._serve_mailbox()
+        finally:       # the scheduler frees a killed actor's resources only now
+            self.host.worker.loop.call_soon_threadsafe(self.host.thread_ended, self)
+
+    def _serve_mailbox(self) -> None:
         _local.actor = self.context
         set_thread_worker(self.host.worker)   # handles used by the actor call from here
         if self.threads[0] is threading.current_thread():
@@ -201,6 +211,11 @@ class _Hosted:
                 reply(False, exc, tb)
 
     def stop(self) -> None:
+        while True:           # calls still queued are not run (they are answered)
+            try:
+                self.mailbox.get_nowait()
+            except queue.Empty:
+                break
         self.mailbox.put(_STOP)
         self.notify()
 
@@ -231,6 +246,7 @@ class ActorHost:
         hosted = self.actors[key] = _Hosted(self, key, name, klass, a, k,
                                             options.get("max_concurrency", 1), restarted,
                                             checkpoint)
+        hosted.running = len(hosted.threads)
         hosted.start()
 
     def started(self, key: str, exc: Any, tb: str) -> None:
@@ -253,19 +269,44 @@ class ActorHost:
                        f"actor {key} does not live on {self.worker.address} (any more)"])
             return
         loop = self.worker.loop
+        pending = hosted.pending
+        pending[conn, call_id] = True
+
+        def answer(msg: list) -> None:
+            if pending.pop((conn, call_id), None) is not None:   # not answered by a kill
+                conn.send(msg)
 
         def reply(ok: bool, value: Any, tb: str) -> None:
-            loop.call_soon_threadsafe(conn.send, [Msg.ACTOR_RESULT, call_id, ok, value, tb])
+            loop.call_soon_threadsafe(answer, [Msg.ACTOR_RESULT, call_id, ok, value, tb])
         hosted.mailbox.put((reply, method, args, kwargs, kind))
         if hosted.is_async:
             hosted.notify()
 
     def drop(self, key: str, reason: str) -> None:
+        """Stop an actor (killed, released): every call queued or running is answered
+        now with ActorDiedError; a running method cannot be interrupted, so its thread
+        goes on, and the scheduler holds the actor's resources until it ends."""
         hosted = self.actors.pop(key, None)
         if hosted is not None:
             log.info("actor %s dropped: %s", key, reason)
+            hosted.dropped = True
             hosted.stop()
+            if hosted.pending:
+                exc, tb = dumps_exception(ActorDiedError(
+                    f"actor {key} was stopped ({reason}) before this call finished: it may "
+                    "have run in part, or not at all"))
+                for conn, call_id in hosted.pending:
+                    conn.send([Msg.ACTOR_RESULT, call_id, False, exc, tb])
+                hosted.pending.clear()
             self._dropped.append(hosted)
+            if not hosted.running:
+                self.send_scheduler([Msg.ACTOR_STOPPED, key])
+
+    def thread_ended(self, hosted: _Hosted) -> None:
+        """Loop thread: one of an actor's threads has returned."""
+        hosted.running -= 1
+        if not hosted.running and hosted.dropped:
+            self.send_scheduler([Msg.ACTOR_STOPPED, hosted.key])
 
     def close(self, timeout: float) -> None:
         """Stop every actor; wait up to ``timeout`` seconds for their threads."""
