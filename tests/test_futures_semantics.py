@@ -197,9 +197,16 @@ def test_client_and_executor_do_not_keep_callables_or_results_alive(client):
     assert f.result(timeout=10) == 11
     ex = client.get_executor()
     assert ex.submit(fn, 2).result(timeout=10) == 12
-    del fn, f
+    held = Payload(20)
+    held_ref = weakref.ref(held)
+
+    def closure(x):                 # a plain function: its payload is cached, weakly
+        return x + held.n
+    assert client.submit(closure, 1).result(timeout=10) == 21
+    del fn, f, held, closure
     gc.collect()
     assert ref() is None, "a submitted callable is kept after its future is gone"
+    assert held_ref() is None, "a submitted function's closure is kept alive"
     results = ex.map(make_payload, range(3))
     first = next(results)
     first_ref = weakref.ref(first)

@@ -18,6 +18,8 @@ from ..comm.serialize import dumps, encode_args
 from .actors import ActorCaller, ActorHandle, _resolve_futures, actor_methods, dead_error
 from .futures import BaseFuture
 
+__all__ = ["ActorMixin", "ActorHandleFuture"]
+
 
 class ActorHandleFuture(BaseFuture):
     """dask's ``submit(Cls, actor=True)``: a future of the handle. Passed to a task or
@@ -34,8 +36,6 @@ def _check_name(name: Any, what: str) -> str:
     if not name:
         raise ValueError(f"{what} needs a non-empty actor name")
     return name
-
-__all__ = ["ActorMixin"]
 
 
 class ActorMixin:
