@@ -149,6 +149,10 @@ FIELDS: dict[int, tuple[Check, ...]] = {
     Msg.TASK_STREAM: (INT, NUM, opt(nonneg(INT))),
     Msg.GET_LOGS: (INT, one_of("scheduler", "workers"), nonneg(INT), opt(KEYS)),
     Msg.LOGS: (INT, nonneg(INT)),
+    Msg.TRY_CANCEL: (INT, KEYS),
+    Msg.TASK_RELEASED: (STR,),
+    Msg.CREATE_NAMED_ACTOR: (INT, STR, STR, PAYLOAD, PAYLOAD, ACTOR_OPTIONS, BOOL),
+    Msg.ACTOR_STOPPED: (STR,),
 }
 
 

@@ -51,11 +51,14 @@ class _NannyLink(str):
 _ROLE_NAMES = {ClientState: "a client", WorkerState: "a worker", _NannyLink: "a nanny"}
 _HOLDERS = (ClientState, WorkerState)      # actor handles live in clients and in tasks
 _SENDERS: dict[int, tuple[type, ...]] = {
-    **{m: (ClientState,) for m in (Msg.SUBMIT, Msg.RELEASE, Msg.CANCEL, Msg.SCATTER)},
+    **{m: (ClientState,) for m in (Msg.SUBMIT, Msg.RELEASE, Msg.CANCEL, Msg.SCATTER,
+                                   Msg.TRY_CANCEL)},
     **{m: (WorkerState,) for m in (Msg.TASK_FINISHED, Msg.TASK_FAILED, Msg.MISSING_DATA,
                                    Msg.HEARTBEAT, Msg.ACTOR_STARTED, Msg.ACTOR_FAILED,
-                                   Msg.ACTOR_CHECKPOINT)},
-    **{m: _HOLDERS for m in (Msg.CREATE_ACTOR, Msg.LOOKUP_ACTOR, Msg.RELEASE_ACTOR)},
+                                   Msg.ACTOR_CHECKPOINT, Msg.TASK_RELEASED,
+                                   Msg.ACTOR_STOPPED)},
+    **{m: _HOLDERS for m in (Msg.CREATE_ACTOR, Msg.LOOKUP_ACTOR, Msg.RELEASE_ACTOR,
+                             Msg.CREATE_NAMED_ACTOR)},
     Msg.WORKER_EXITED: (_NannyLink,),
 }
 _REGISTRATIONS = frozenset({Msg.REGISTER_CLIENT, Msg.REGISTER_WORKER, Msg.REGISTER_NANNY})
