@@ -220,6 +220,12 @@ class _Hosted:
         self.notify()
 
 
+def _answer(pending: dict, token: tuple, msg: list) -> None:
+    """Loop thread: send a call's answer, unless a kill answered it already."""
+    if pending.pop(token, None) is not None:
+        token[0].send(msg)
+
+
 class ActorHost:
     """The actors living in one worker. Loop-thread methods unless noted."""
 
@@ -268,16 +274,12 @@ class ActorHost:
             conn.send([Msg.ACTOR_RESULT, call_id, False, None,
                        f"actor {key} does not live on {self.worker.address} (any more)"])
             return
-        loop = self.worker.loop
-        pending = hosted.pending
-        pending[conn, call_id] = True
-
-        def answer(msg: list) -> None:
-            if pending.pop((conn, call_id), None) is not None:   # not answered by a kill
-                conn.send(msg)
+        loop, answer, pending, token = self.worker.loop, _answer, hosted.pending, (conn, call_id)
+        pending[token] = True
 
         def reply(ok: bool, value: Any, tb: str) -> None:
-            loop.call_soon_threadsafe(answer, [Msg.ACTOR_RESULT, call_id, ok, value, tb])
+            loop.call_soon_threadsafe(answer, pending, token,
+                                      [Msg.ACTOR_RESULT, call_id, ok, value, tb])
         hosted.mailbox.put((reply, method, args, kwargs, kind))
         if hosted.is_async:
             hosted.notify()
