@@ -71,6 +71,7 @@ class Msg(enum.IntEnum):
     STATUS = 27              # (req_id, options: dict) → REPLY(snapshot dict)
     TASK_STREAM = 28         # (req_id, since: float, n: int | None) → REPLY([record dict])
     GET_LOGS = 29            # (req_id, "scheduler" | "workers", n, workers | None)
+    # the stdlib's Future.cancel(): only what has not started
     TRY_CANCEL = 24          # (req_id, keys) → REPLY(keys cancelled: only those not started)
                              #   also scheduler → worker: REPLY(keys it will now never start)
 
