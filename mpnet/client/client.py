@@ -15,13 +15,11 @@ small results are unpickled on the loop thread as they arrive.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import itertools
 import logging
 import multiprocessing
 import threading
 import time
-import types
 import uuid
 import warnings
 import weakref
@@ -41,6 +39,8 @@ from ..versions import get_versions
 from ..worker import context
 from .actor_api import ActorMixin
 from .actors import binding
+from .keys import FunctionCache, check_key, track_for_exit, untrack
+from .keys import recipe as task_recipe
 from .monitoring import MonitoringMixin
 from .operations import OperationsMixin
 from .futures import Future, Remote, as_completed, wait
@@ -49,52 +49,6 @@ from .structures import ClientExecutor, bind, flatten, rebuild, unwrap
 __all__ = ["Client"]
 
 log = logging.getLogger("mpnet.client")
-
-# Functions and classes are pickled once per client and the payload kept while they
-# live (weakly keyed, so the cache never keeps a callable or what it holds alive).
-# Other callables (partials, bound methods, instances) are pickled at each call: they
-# are usually new objects each time, and they may compare equal while differing.
-_CACHEABLE = (types.FunctionType, type)
-
-_open_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
-_exit_hook = []
-
-
-def _finish_at_exit() -> None:
-    """At interpreter exit, before ``atexit`` (and multiprocessing's hook, which kills
-    child processes): let submitted work finish, as the stdlib's executors do, then
-    close. Runs before a LocalCluster's own exit hook (registered earlier)."""
-    for client in list(_open_clients):
-        client._finish_at_exit()
-
-
-def _register_exit_hook() -> None:
-    if not _exit_hook:
-        _exit_hook.append(True)
-        try:
-            threading._register_atexit(_finish_at_exit)
-        except RuntimeError:      # the interpreter is already shutting down
-            pass
-
-
-def _check_key(key: Any) -> str:
-    if type(key) is not str:
-        raise TypeError(f"key= must be a str, not {type(key).__name__} ({key!r}); tuple keys "
-                        "such as ('x', 0, 1) are not supported: use a string like 'x-0-1'")
-    if not key:
-        raise ValueError("key= must be a non-empty string")
-    return key
-
-
-def _recipe(fn: Payload, args: Payload) -> bytes:
-    """A digest of what a task computes (its function and arguments, buffers too)."""
-    h = hashlib.blake2b(digest_size=16)
-    for payload in (fn, args):
-        h.update(payload.header)
-        for buf in payload.buffers:
-            h.update(buf)
-    return h.digest()
-
 
 def task_options(resources: Any, workers: Any, priority: Any = 0,
                  retries: Any = 0) -> tuple[dict | None, list | None]:
@@ -187,9 +141,8 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         self._own_loop = loop is None
         self.loop = loop or EventLoop("mpnet-client-loop")
         self._futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
-        # id(fn) → (weak reference to fn, its payload): a plain dict is 3x faster to
-        # read than a WeakKeyDictionary, and the weak reference keeps nothing alive
-        self._fn_cache: dict[int, tuple[weakref.ref, Payload]] = {}
+        self._fn_cache = FunctionCache(self.config.oob_threshold)
+        self._function_payload = self._fn_cache.payload
         self._counter = itertools.count()
         self._workers: dict[str, cf.Future] = {}
         self._status = "connecting"
@@ -219,8 +172,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             self.close()
             raise
         self._status = "open"
-        _register_exit_hook()
-        _open_clients.add(self)
+        track_for_exit(self)
         if default:
             context.set_default_client(self)
 
@@ -361,23 +313,6 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             self.scheduler.send([Msg.RELEASE, [key]])
 
     # --- submitting ------------------------------------------------------------------
-    def _function_payload(self, fn: Callable) -> Payload:
-        entry = self._fn_cache.get(id(fn))
-        if entry is not None and entry[0]() is fn:
-            return entry[1]
-        payload = dumps(fn, oob_threshold=self.config.oob_threshold, what="function")
-        if isinstance(fn, _CACHEABLE):
-            cache, key = self._fn_cache, id(fn)
-
-            def dropped(ref: weakref.ref) -> None:     # (holds the cache, not the client)
-                if cache.get(key, (None,))[0] is ref:
-                    del cache[key]
-            try:
-                cache[key] = (weakref.ref(fn, dropped), payload)
-            except TypeError:   # not weakly referable (a builtin): pickling it is cheap
-                pass
-        return payload
-
     def _new_key(self, fn: Any) -> str:
         return f"{_funcname(fn)}-{self.id[7:]}-{next(self._counter)}"
 
@@ -400,7 +335,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         if actor:
             return self._submit_actor(fn, args, kwargs, resources=resources, workers=workers)
         if key is not None:
-            _check_key(key)
+            check_key(key)
         return self._submit(fn, args, kwargs, key, priority, retries, resources, workers)
 
     def _submit(self, fn: Callable, args: tuple, kwargs: dict, key: str | None,
@@ -414,7 +349,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         if key is None:
             key = self._new_key(fn)
         elif not fresh:
-            recipe = _recipe(fn_payload, args_payload)
+            recipe = task_recipe(fn_payload, args_payload)
             existing = self._futures.get(key)
             if existing is not None:
                 if existing._recipe == recipe:
@@ -452,7 +387,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
                                           kwargs.pop("workers", None), priority, retries)
         # A prefix gets a suffix of its own per call: keys never collide with an
         # earlier call's (which would hand back results of other arguments).
-        prefix = (f"{_check_key(key) if key is not None else _funcname(fn)}-"
+        prefix = (f"{check_key(key) if key is not None else _funcname(fn)}-"
                   f"{self.id[7:]}-m{next(self._counter)}")
         return [self._submit(fn, args, kwargs, f"{prefix}-{i}", priority, retries, resources,
                              workers, fresh=True)
@@ -667,7 +602,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             if self._status == "closed":
                 return
             self._status = "closed"
-        _open_clients.discard(self)
+        untrack(self)
         try:
             self.loop.run_sync(self._close_on_loop, timeout=timeout or 5)
         except Exception as e:   # loop gone or stuck: its sockets close with it
