@@ -21,7 +21,6 @@ import re
 import select
 import signal
 import socket
-import stat
 import sys
 import traceback
 from pathlib import Path
