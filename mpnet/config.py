@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-__all__ = ["Config", "make_config", "parse_bytes", "tune_gc"]
+__all__ = ["Config", "make_config", "parse_bytes", "format_bytes", "tune_gc"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,15 @@ def parse_bytes(value: int | float | str) -> int:
     if not number or unit not in _UNITS:
         raise ValueError(f"cannot read {value!r} as a size: use e.g. 2GiB, 500MB or 1000000")
     return int(float(number) * _UNITS[unit])
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` → ``1.5 KiB``: the inverse of :func:`parse_bytes`, for people."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def _from_text(field_type: Any, text: str) -> Any:

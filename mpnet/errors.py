@@ -93,21 +93,14 @@ class FrameTooLargeError(MpnetError):
 
     @classmethod
     def for_size(cls, what: str, nbytes: int, limit: int) -> "FrameTooLargeError":
+        from .config import format_bytes
         return cls(
-            f"{what} is {_size(nbytes)} ({nbytes} bytes) pickled, over the limit of "
-            f"{_size(limit)} ({limit} bytes) for one message (max_frame_bytes). Return or "
-            f"pass it in smaller parts, keep it where it is made (e.g. write it to shared "
-            f"storage), or raise the limit on every process of the cluster: "
+            f"{what} is {format_bytes(nbytes)} ({nbytes} bytes) pickled, over the limit "
+            f"of {format_bytes(limit)} ({limit} bytes) for one message (max_frame_bytes). "
+            f"Return or pass it in smaller parts, keep it where it is made (e.g. write it "
+            f"to shared storage), or raise the limit on every process of the cluster: "
             f"MPNET_MAX_FRAME_BYTES={max(nbytes * 2, 1 << 30)} or max_frame_bytes= in the "
             f"Python API")
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 class ClusterClosedError(MpnetError):

@@ -11,6 +11,8 @@ import hashlib
 import time
 from html import escape
 
+from ..config import format_bytes
+
 __all__ = ["render_page"]
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7",
@@ -37,23 +39,15 @@ def _color(name: str) -> str:
     return _PALETTE[digest % len(_PALETTE)]
 
 
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _membar(w: dict, pause: float, kill: float) -> str:
     limit = w.get("memory_limit") or 0
     if not limit:
-        return _bytes(w.get("memory", 0))
+        return format_bytes(w.get("memory", 0))
     used = min(100.0, 100.0 * w.get("memory", 0) / limit)
     return (f'<span class="bar" title="pause at {pause:.0%}, kill at {kill:.0%}">'
             f'<i style="width:{used:.0f}%"></i><b style="left:{pause * 100:.0f}%"></b>'
             f'<b style="left:{kill * 100:.0f}%"></b></span> '
-            f'{_bytes(w.get("memory", 0))} / {_bytes(limit)}')
+            f'{format_bytes(w.get("memory", 0))} / {format_bytes(limit)}')
 
 
 def _workers(snap: dict) -> str:
@@ -66,7 +60,7 @@ def _workers(snap: dict) -> str:
             f'<td>{w.get("pid", 0)}</td><td>{w.get("cpu", 0):.0f}%</td>'
             f'<td class="l">{_membar(w, snap["memory_pause_fraction"], snap["memory_terminate_fraction"])}</td>'
             f'<td>{w.get("executing", 0)}</td><td>{w.get("ready", 0)}</td>'
-            f'<td>{w.get("stored", 0)}</td><td>{_bytes(w.get("nbytes", 0))}</td>'
+            f'<td>{w.get("stored", 0)}</td><td>{format_bytes(w.get("nbytes", 0))}</td>'
             f'<td>{w.get("restarts", 0)}</td><td>{w.get("last_seen", 0):.1f} s</td>'
             f'<td class="l">{state}</td></tr>')
     head = ("<tr><th class='l'>worker</th><th class='l'>host</th><th>pid</th><th>cpu</th>"
@@ -140,7 +134,7 @@ def render_page(snap: dict, stream: list[dict], refresh: int = 2) -> str:
               f'<span id="worker-count">{snap["workers_alive"]}/{snap["workers_expected"]} '
               f'workers</span><span>{snap["tasks_per_second"]:.0f} tasks/s</span>'
               f'<span>CPU {snap["cpu"]:.1f}/{snap["threads"]}</span>'
-              f'<span>memory {_bytes(snap["memory"])} / {_bytes(snap["memory_limit"])}</span>')
+              f'<span>memory {format_bytes(snap["memory"])} / {format_bytes(snap["memory_limit"])}</span>')
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8">'
             f'<meta http-equiv="refresh" content="{refresh}">'
             f'<title>mpnet {escape(snap["address"])}</title><style>{_CSS}</style></head>'

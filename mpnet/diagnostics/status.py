@@ -15,21 +15,15 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["render", "header", "sparkline", "fmt_bytes"]
+from ..config import format_bytes
+
+__all__ = ["render", "header", "sparkline"]
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 _STATE_STYLE = {"running": "green", "paused": "yellow", "closing": "cyan",
                 "restarting": "red", "silent": "yellow", "lost": "red"}
 _EVENT_STYLE = {"worker-exited": "red", "worker-removed": "red", "task-killed": "red",
                 "worker-restarted": "green", "worker-paused": "yellow"}
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _duration(seconds: float) -> str:
@@ -52,7 +46,7 @@ def _membar(w: dict, pause: float, kill: float, cells: int = 10) -> Text:
     limit = w.get("memory_limit") or 0
     used = w.get("memory", 0)
     if not limit:
-        return Text(fmt_bytes(used))
+        return Text(format_bytes(used))
     fill = min(cells, int(round(cells * used / limit)))
     bar = Text()
     marks = {min(cells - 1, int(cells * pause)), min(cells - 1, int(cells * kill))}
@@ -62,7 +56,7 @@ def _membar(w: dict, pause: float, kill: float, cells: int = 10) -> Text:
             bar.append("█", style)
         else:
             bar.append("│" if i in marks else "░", "dim")
-    bar.append(f" {fmt_bytes(used)}/{fmt_bytes(limit)}")
+    bar.append(f" {format_bytes(used)}/{format_bytes(limit)}")
     return bar
 
 
@@ -74,7 +68,7 @@ def header(snap: dict) -> Text:
              f"{snap['workers_alive']}/{snap['workers_expected']} workers",
              f"{snap['tasks_per_second']:,.0f} tasks/s",
              f"CPU {snap['cpu']:.1f}/{snap['threads']}",
-             f"mem {fmt_bytes(snap['memory'])}/{fmt_bytes(snap['memory_limit'])}"]
+             f"mem {format_bytes(snap['memory'])}/{format_bytes(snap['memory_limit'])}"]
     if snap.get("dashboard"):
         parts.append(snap["dashboard"])
     text.append("  " + "   ".join(parts))
@@ -119,7 +113,7 @@ def _workers(snap: dict, width: int) -> Table:
             w.get("memory_history", ()), w.get("memory_limit") or None), "magenta")),
         ("exec", 4, 3, "right", lambda w: str(w.get("executing", ""))),
         ("ready", 5, 7, "right", lambda w: str(w.get("ready", ""))),
-        ("stored", 9, 8, "right", lambda w: fmt_bytes(w["nbytes"]) if "nbytes" in w else ""),
+        ("stored", 9, 8, "right", lambda w: format_bytes(w["nbytes"]) if "nbytes" in w else ""),
         ("restarts", 8, 4, "right", lambda w: str(w.get("restarts", 0))),
         ("last seen", 9, 11, "right",
          lambda w: f"{w['last_seen']:.1f} s" if "last_seen" in w else ""),
