@@ -30,7 +30,7 @@ import click
 import psutil
 
 from .. import __version__
-from ..comm.addressing import parse_address, parse_port_range
+from ..comm.addressing import parse_address, parse_port_range, route_address
 from ..comm import auth
 from ..deploy.scheduler_file import StaleSchedulerFileError
 from ..errors import MpnetError, TokenFileError
@@ -230,23 +230,6 @@ def interface_address(name: str) -> str:
             return addr.address
     raise click.BadParameter(f"network interface {name!r} has no IPv4 address",
                              param_hint="'--interface'")
-
-
-def route_address(host: str) -> str:
-    """This machine's address on its route to ``host``: the one ``host`` can reach it at.
-
-    A UDP ``connect`` sends nothing; it only asks the kernel which source address it
-    would use. On a machine with several networks this picks the right one, where the
-    first interface that is up (``outward_host``) may be on another network.
-    """
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((host, 9))
-            return s.getsockname()[0]
-    except OSError:
-        from ..comm.addressing import outward_host
-        return outward_host()
 
 
 def choose_host(host: str | None, interface: str | None,

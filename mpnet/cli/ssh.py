@@ -119,6 +119,10 @@ def _nworkers(value: str) -> int | str:
               help="Port or range (9000:9100) for each host's workers  [default: random]")
 @click.option("--nanny-port", type=PortRange(), default=None,
               help="Port or range for each host's nannies  [default: random]")
+@click.option("--host", default=None, metavar="ADDRESS",
+              help="Address every remote scheduler, nanny and worker listens on (0.0.0.0: "
+                   "every interface). Default: each listens on, and advertises, the address "
+                   "its host is reached at. Not with --interface.")
 @click.option("--interface", default=None, metavar="NIC",
               help="Listen and advertise on this network interface (ib0) on every host  "
                    "[default: the address each host reaches the scheduler from]")
@@ -161,13 +165,16 @@ def ssh(**o: Any) -> None:
     hosts = _hosts(o["hosts"], o["hostfile"])
     scheduler = parse_host(o["scheduler"]) if o["scheduler"] else hosts[0]
     token = read_token_file(o["token_file"]) if o["token_file"] else None
+    if o["host"] and o["interface"]:
+        raise click.UsageError("give --host or --interface, not both")
     worker_options = {k: o[k] for k in ("nthreads", "memory_limit", "worker_port",
-                                        "nanny_port", "interface", "death_timeout")
+                                        "nanny_port", "interface", "host", "death_timeout")
                       if o[k] is not None}
     worker_options["nworkers"] = _nworkers(o["nworkers"])
     scheduler_options = {"port": o["scheduler_port"]}
-    if o["interface"]:
-        scheduler_options["interface"] = o["interface"]
+    for name in ("interface", "host"):
+        if o[name]:
+            scheduler_options[name] = o[name]
     connect = dict(username=o["ssh_username"], port=o["ssh_port"],
                    key_filename=o["ssh_private_key"], accept_new=o["ssh_accept_new"])
     with Shutdown("mpnet-ssh") as shutdown:

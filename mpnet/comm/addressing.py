@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 __all__ = ["parse_address", "address_scheme", "format_address", "parse_port_range",
-           "outward_host", "SCHEMES"]
+           "outward_host", "route_address", "advertised_host", "SCHEMES"]
 
 SCHEMES = ("tcp", "tls")
 
@@ -99,3 +99,34 @@ def outward_host() -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
+
+
+def route_address(host: str) -> str:
+    """This machine's address on its route to ``host``: the one ``host`` can reach it at.
+
+    A UDP ``connect`` sends nothing; it only asks the kernel which source address it
+    would use. On a machine with several networks this picks the right one, where the
+    first interface that is up (:func:`outward_host`) may be on another network.
+    """
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return outward_host()
+
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def advertised_host(listen_host: str | None, peer: str) -> str:
+    """What a server listening on ``listen_host`` tells others to dial: that host, or
+    for every interface (``""``, ``0.0.0.0``, ``::``), its address on the route to
+    ``peer`` (an address like ``tcp://host:port``), never the wildcard itself."""
+    if listen_host and listen_host not in _WILDCARDS:
+        return listen_host
+    peer_host = parse_address(peer)[0]
+    if peer_host and peer_host not in _WILDCARDS and not peer_host.startswith("127."):
+        return route_address(peer_host)
+    return outward_host()

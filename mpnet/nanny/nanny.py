@@ -25,7 +25,7 @@ import uuid
 from concurrent.futures import Future
 from typing import Any
 
-from ..comm.addressing import address_scheme, outward_host, parse_address
+from ..comm.addressing import address_scheme, advertised_host, parse_address
 from ..comm.auth import resolve_server_token, token_arg
 from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
@@ -150,7 +150,8 @@ class Nanny:
                 self.loop, self.host, port, config=self.config, token=self.token,
                 role="nanny", info={}, handler=self._dispatch,
                 scheme=address_scheme(self.scheduler_address) or None))
-            self.address = self.listener.address_at(self.host or outward_host())
+            self.address = self.listener.address_at(
+                advertised_host(self.host, self.scheduler_address))
             self.id = self.address
             self.worker_kwargs["nanny"] = self.address
             for preload in self.preloads:

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from ..comm.addressing import address_scheme, outward_host, parse_address
+from ..comm.addressing import address_scheme, advertised_host, parse_address
 from ..comm.auth import resolve_server_token, token_arg
 from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
@@ -182,7 +182,7 @@ class Worker(Transfer):
                 self.loop, self.host, port, config=self.config, token=self.token,
                 role="worker", info={}, handler=self._dispatch,
                 scheme=address_scheme(self.scheduler_address) or None))
-            shown = self.host or outward_host()
+            shown = advertised_host(self.host, self.scheduler_address)
             self.address = self.contact_address or self.listener.address_at(shown)
             self.name = self.name or self.address
             log.info("Start worker at: %s", self.address)

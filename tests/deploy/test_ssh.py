@@ -228,3 +228,16 @@ def test_interface_is_resolved_on_each_host(hosts):
         SSHCluster(hosts.addresses[:1], connect_options(hosts), None, {"interface": "ib9"},
                    remote_dir=ROOT)
     wait_for(lambda: no_remote_processes(hosts), 5, what="every remote process to exit")
+
+
+def test_host_all_interfaces_still_advertises_a_reachable_address(hosts):
+    """``--host 0.0.0.0``: every process listens everywhere, and what it advertises is
+    still its host's address on the route to the scheduler, never 0.0.0.0."""
+    with SSHCluster(hosts.addresses[:2], connect_options(hosts),
+                    {"nworkers": 1, "nthreads": 1, "host": "0.0.0.0"},
+                    {"host": "0.0.0.0", "port": 0}, remote_dir=ROOT) as cluster:
+        assert host_of(cluster.scheduler_address) == hosts.addresses[0]
+        assert [host_of(w["address"]) for w in cluster.workers] == [hosts.addresses[1]]
+        with Client(cluster, timeout=30) as client:
+            assert client.submit(pow, 2, 10).result(timeout=30) == 1024
+    wait_for(lambda: no_remote_processes(hosts), 5, what="every remote process to exit")
