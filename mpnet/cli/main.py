@@ -1,8 +1,7 @@
 """``mpnet``: the umbrella command, one subcommand per tool.
 
 ``mpnet scheduler`` is ``mpnet-scheduler`` and ``mpnet worker`` is ``mpnet-worker``, the
-same click commands registered twice, and so on for ``mpnet ssh``; later tools (mpi)
-are added here.
+same click commands registered twice, and so on for ``mpnet ssh`` and ``mpnet mpi``.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import click
 
 from .common import Group, version_option
 from .logs import logs
+from .mpi import mpi
 from .scheduler import scheduler
 from .status import status
 from .top import top
@@ -32,6 +32,7 @@ cli.add_command(status)
 cli.add_command(top)
 cli.add_command(logs)
 cli.add_command(ssh)
+cli.add_command(mpi)
 
 
 def main() -> None:
