@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing
+import os
 import sys
 from typing import Any
 
@@ -111,7 +112,7 @@ def initialize(*, interface: str | None = None, nthreads: int = 1,
     try:
         layout.check()
     except RankError as e:     # every rank says it, and every rank stops here
-        print(f"Error: mpnet.mpi.initialize: {e}", file=sys.stderr)
+        _say(f"Error: mpnet.mpi.initialize: {e}")
         rc.finish(2)
         exit_now(2)
     sharing = rc.local_size() if memory_limit == "auto" else 1   # collective
@@ -125,6 +126,12 @@ def initialize(*, interface: str | None = None, nthreads: int = 1,
         dashboard_address=dashboard_address, token=token, death_timeout=death_timeout,
         local_directory=local_directory, start_timeout=start_timeout))
     raise AssertionError("unreachable: a service rank exits")   # pragma: no cover
+
+
+def _say(line: str) -> None:
+    """One line to stderr in one write: mpirun interleaves the ranks' writes."""
+    sys.stderr.flush()
+    os.write(2, (line + "\n").encode())
 
 
 def _host(interface: str | None) -> str | None:
@@ -165,7 +172,7 @@ def _service_rank(rc: RankComm, layout: Layout, o: dict) -> None:
                 rc, layout, shutdown, make_scheduler=make_scheduler,
                 make_workers=make_workers, start_timeout=o["start_timeout"], batch=True)
     except RankError as e:
-        print(f"Error: {e}", file=sys.stderr)
+        _say(f"Error: {e}")
         together = not e.alone
     log.info("rank %d: exiting with code %d", rc.rank, code)
     finished = rc.finish(code, with_others=together)

@@ -191,6 +191,8 @@ class RankComm:
             log.error("rank %d: not every rank reached the end within %.0fs; leaving "
                       "without MPI_Finalize (mpirun will report it)", self.rank, timeout)
             return False
+        while self.poll(TAG_EXIT) is not None:   # sent before their sender's barrier
+            pass
         _finalize(self.MPI, code)
         return True
 
