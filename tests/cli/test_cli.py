@@ -406,7 +406,8 @@ def test_version_and_entry_points(cmd):
     assert scripts == {"mpnet": "mpnet.cli.main:main",
                        "mpnet-scheduler": "mpnet.cli.scheduler:main",
                        "mpnet-worker": "mpnet.cli.worker:main",
-                       "mpnet-ssh": "mpnet.cli.ssh:main"}
+                       "mpnet-ssh": "mpnet.cli.ssh:main",
+                       "mpnet-mpi": "mpnet.cli.mpi:main"}
     code, out, _ = cmd.finish(cmd.spawn([sys.executable, "-m", "mpnet.cli.worker", "--version"]))
     assert code == 0 and out.strip() == "mpnet-worker 0.1.0"
 
