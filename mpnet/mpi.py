@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 from typing import Any
 
 from .deploy.mpi import (EXIT_TIMEOUT, POLL_INTERVAL, START_TIMEOUT, TAG_EXIT, TAG_HELLO,
@@ -73,6 +74,8 @@ class _ExitCode:
         self._excepthook(kind, value, tb)
 
     def _on_exit(self, status: Any = None) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            self._exit(status)      # ends that thread only, not the script
         if status is None:
             self.code = 0
         elif isinstance(status, int) and not isinstance(status, bool):

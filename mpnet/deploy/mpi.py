@@ -375,11 +375,14 @@ def run_service_rank(rc: RankComm, layout: Layout, shutdown: Any, *,
             raise RankError(f"rank {rc.rank}: {_one_line(e)}") from e
         rc.send(others, TAG_HELLO, hello, start_timeout)
     else:
+        # Longer than the lead rank's own wait (for a scheduler file, say), so that it
+        # can tell us why it failed rather than leave us guessing.
+        wait = start_timeout + EXIT_TIMEOUT
         try:
-            hello = rc.receive(layout.lead_rank, TAG_HELLO, start_timeout)
+            hello = rc.receive(layout.lead_rank, TAG_HELLO, wait)
         except TimeoutError:
             raise RankError(f"rank {rc.rank}: rank {layout.lead_rank} did not say where the "
-                            f"scheduler is within {start_timeout:.0f}s", alone=True) from None
+                            f"scheduler is within {wait:.0f}s", alone=True) from None
         if "error" in hello:
             what = ("did not start the scheduler" if layout.scheduler_rank is not None
                     else "could not find the scheduler")

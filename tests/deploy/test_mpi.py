@@ -26,7 +26,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from mpnet import Client, Scheduler
+from mpnet import Client, Scheduler, WorkerLostError
 from mpnet.cli.main import cli
 from mpnet.deploy.mpi import Layout, RankError
 from tests.utils import wait_for
@@ -229,6 +229,30 @@ def test_cluster_from_one_mpirun_token_by_mpi_and_clean_stop(mpi):
     assert all(f"rank {r}: the scheduler rank received SIGTERM; closing (exit code 0)" in out
                for r in (1, 2, 3)), out
     assert not path.exists()
+    mpi.assert_all_gone()
+
+
+def test_nanny_children_end_with_the_job(mpi):
+    """--nanny: the worker is a child of the rank, outside mpirun's view; it must still
+    end with the job, and be restarted by its nanny if it dies."""
+    path = mpi.dir / "sched.json"
+    proc = mpi.mpirun("-np", "2", *MPNET, "--nanny", "--scheduler-file", str(path),
+                      "--scheduler-port", "0", "--interface", "lo", "--dashboard-address", "")
+    ranks = mpi.ranks(proc, 2)
+    with Client(scheduler_file=str(path), timeout=JOB_TIMEOUT) as client:
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, timeout=JOB_TIMEOUT,
+                 what="the worker rank")
+        first = client.run(os.getpid)
+        assert list(first.values())[0] in [c.pid for c in ranks[1].children()]
+        with pytest.raises(WorkerLostError):   # the nanny's worker dies; the rank does not
+            client.run(lambda: os._exit(3))
+        wait_for(lambda: (lambda w: len(w) == 1 and list(w.values())[0]["name"] == "mpi-1"
+                          and list(w) != list(first))(client.scheduler_info()["workers"]),
+                 timeout=JOB_TIMEOUT, what="the restarted worker")
+        assert client.submit(pow, 3, 3).result() == 27
+    ranks[0].send_signal(signal.SIGTERM)
+    code, out = mpi.finish(proc)
+    assert code == 0, out
     mpi.assert_all_gone()
 
 
