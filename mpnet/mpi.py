@@ -41,7 +41,7 @@ class MPICluster:
     ``worker_names`` (``NAME-RANK``); ``rank`` and ``size`` of the job.
     """
 
-    def __init__(self, scheduler_address: str, token: str | None, worker_names: list[str],
+    def __init__(self, scheduler_address: str, token: str | bool, worker_names: list[str],
                  rank: int, size: int):
         self.scheduler_address = scheduler_address
         self.token = token
@@ -90,7 +90,8 @@ def initialize(*, interface: str | None = None, nthreads: int = 1,
                scheduler_port: int = 0, scheduler_file: str | None = None,
                dashboard_address: str | None = None, token: str | None = None,
                death_timeout: float | None = None, local_directory: str | None = None,
-               start_timeout: float = START_TIMEOUT, comm: Any = None) -> MPICluster:
+               start_timeout: float = START_TIMEOUT, auth: bool = True,
+               comm: Any = None) -> MPICluster:
     """Turn this ``mpirun`` job into a cluster; return on rank 1 only.
 
     Rank 0 runs the scheduler (on ``scheduler_port``, 0 = any free port; written to
@@ -99,7 +100,8 @@ def initialize(*, interface: str | None = None, nthreads: int = 1,
     child process if ``nanny``). They never return into the script: when rank 1's
     script ends, every rank exits with its exit code. ``interface`` (``"ib0"``) picks
     the network every rank listens on; ``token`` defaults to ``MPNET_TOKEN``, else the
-    per-user token file, read on rank 0 only and sent to the others by MPI.
+    per-user token file, read on rank 0 only and sent to the others by MPI
+    (``auth=False``: no token, anyone who reaches a port can run code).
     ``death_timeout`` (seconds) bounds how long a worker rank outlives a lost
     scheduler; ``start_timeout`` (seconds) how long ranks wait for each other to start.
     Needs at least 3 ranks.
@@ -127,7 +129,7 @@ def initialize(*, interface: str | None = None, nthreads: int = 1,
         interface=interface, nthreads=nthreads, memory_limit=memory_limit, sharing=sharing,
         nanny=nanny, name=name, scheduler_port=scheduler_port, scheduler_file=scheduler_file,
         dashboard_address=dashboard_address, token=token, death_timeout=death_timeout,
-        local_directory=local_directory, start_timeout=start_timeout))
+        local_directory=local_directory, start_timeout=start_timeout, auth=auth))
     raise AssertionError("unreachable: a service rank exits")   # pragma: no cover
 
 
@@ -155,6 +157,7 @@ def _service_rank(rc: RankComm, layout: Layout, o: dict) -> None:
     def make_scheduler() -> Any:
         from .scheduler.server import Scheduler
         return Scheduler(_host(o["interface"]), o["scheduler_port"], token=o["token"],
+                         auth=o["auth"],
                          scheduler_file=o["scheduler_file"],
                          dashboard_address=o["dashboard_address"])
 
@@ -163,7 +166,7 @@ def _service_rank(rc: RankComm, layout: Layout, o: dict) -> None:
         from .worker.worker import Worker
         kind = Nanny if o["nanny"] else Worker
         return [kind(address, name=f"{o['name']}-{rc.rank}", nthreads=o["nthreads"],
-                     host=_host(o["interface"]), token=token,
+                     host=_host(o["interface"]), token=token or False,   # False: no auth
                      memory_limit=memory_per_worker(o["memory_limit"], o["sharing"]),
                      local_directory=o["local_directory"],
                      connect_timeout=o["death_timeout"], death_timeout=o["death_timeout"])]
@@ -207,7 +210,8 @@ def _client_rank(rc: RankComm, layout: Layout, start_timeout: float) -> MPIClust
         if note["error"]:
             raise RankError(f"worker rank {r} did not start: {note['error']}")
         names.extend(note["names"])
-    return MPICluster(hello["address"], hello["token"], names, rc.rank, rc.size)
+    # False, not None: Client(cluster) must not look for a token of its own then
+    return MPICluster(hello["address"], hello["token"] or False, names, rc.rank, rc.size)
 
 
 def _end_job(rc: RankComm, layout: Layout, exit_code: _ExitCode) -> None:

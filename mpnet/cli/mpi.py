@@ -97,6 +97,9 @@ def dashboard_text(value: str | None) -> str | None:
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="The scheduler rank reads the cluster token here (created, mode 0600, if "
                    "missing)  [default: MPNET_TOKEN, else ~/.config/mpnet/token]")
+@click.option("--auth/--no-auth", default=True, show_default=True,
+              help="--no-auth runs the cluster without a token: anyone who reaches a port "
+                   "can run code on it.")
 @version_option("mpnet-mpi")
 def mpi(**o: Any) -> None:
     setup_logging()
@@ -123,6 +126,8 @@ def _run(rc: RankComm, layout: Layout, o: dict) -> tuple[int, bool]:
         layout.check()
     except RankError as e:
         raise click.UsageError(str(e)) from None
+    if o["token_file"] and not o["auth"]:
+        raise click.UsageError("--token-file and --no-auth contradict each other")
     if not o["with_scheduler"] and not o["scheduler_file"]:
         raise click.UsageError("--no-scheduler needs --scheduler-file: it names the "
                                "scheduler to join")
@@ -136,7 +141,7 @@ def _run(rc: RankComm, layout: Layout, o: dict) -> tuple[int, bool]:
         from ..scheduler.server import Scheduler
         host = _host(o["interface"])
         token = read_token_file(o["token_file"], create=True) if o["token_file"] else None
-        return Scheduler(host, o["scheduler_port"], token=token,
+        return Scheduler(host, o["scheduler_port"], token=token, auth=o["auth"],
                          scheduler_file=o["scheduler_file"],
                          dashboard_address=dashboard_text(o["dashboard_address"]))
 
@@ -145,16 +150,23 @@ def _run(rc: RankComm, layout: Layout, o: dict) -> tuple[int, bool]:
         from ..worker.worker import Worker
         kind = Nanny if o["nanny"] else Worker
         return [kind(address, name=f"{o['name']}-{rc.rank}", nthreads=o["nthreads"],
-                     host=_host(o["interface"]), token=token, memory_limit=memory,
+                     # no token from the lead rank: the cluster runs with --no-auth
+                     host=_host(o["interface"]), token=token or False, memory_limit=memory,
                      local_directory=o["local_directory"],
                      connect_timeout=o["death_timeout"], death_timeout=o["death_timeout"])]
 
     def read_hello() -> dict:
         found = read_scheduler_file(o["scheduler_file"], timeout=wait)
+        if not o["auth"]:
+            return {"address": found["address"], "token": None}
         explicit = read_token_file(o["token_file"]) if o["token_file"] else None
         from ..comm.auth import resolve_token
-        return {"address": found["address"],
-                "token": resolve_token(explicit, scheduler_file_token=found.get("token"))}
+        token = resolve_token(explicit, scheduler_file_token=found.get("token"))
+        if token is None:
+            raise ValueError("no cluster token found (--token-file, MPNET_TOKEN, the "
+                             "scheduler file, ~/.config/mpnet/token): give one, or "
+                             "--no-auth to join a scheduler that runs without one")
+        return {"address": found["address"], "token": token}
 
     log.info("rank %d of %d: %s", rc.rank, rc.size, role)
     with Shutdown(f"mpnet-mpi rank {rc.rank}", interval=POLL_INTERVAL) as shutdown:

@@ -256,12 +256,15 @@ def test_nanny_children_end_with_the_job(mpi):
     mpi.assert_all_gone()
 
 
-def test_no_scheduler_grows_a_running_cluster(mpi, token):
+@pytest.mark.parametrize("auth", [True, False])
+def test_no_scheduler_grows_a_running_cluster(mpi, token, auth):
     path = mpi.dir / "outside.json"
-    with Scheduler("127.0.0.1", 0, token=token, scheduler_file=str(path)) as scheduler:
+    token = token if auth else False
+    with Scheduler("127.0.0.1", 0, token=token or None, auth=auth,
+                   scheduler_file=str(path)) as scheduler:
         proc = mpi.mpirun("-np", "2", *MPNET, "--no-scheduler", "--scheduler-file",
                           str(path), "--interface", "lo", "--name", "extra",
-                          "--nthreads", "2")
+                          "--nthreads", "2", *([] if auth else ["--no-auth"]))
         with Client(scheduler.address, token=token) as client:
             wait_for(lambda: len(client.scheduler_info()["workers"]) == 2,
                      timeout=JOB_TIMEOUT, what="2 worker ranks")
