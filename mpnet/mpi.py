@@ -27,7 +27,8 @@ import threading
 from typing import Any
 
 from .deploy.mpi import (EXIT_TIMEOUT, POLL_INTERVAL, START_TIMEOUT, TAG_EXIT, TAG_HELLO,
-                         TAG_STARTED, Layout, RankComm, RankError, exit_now, import_mpi, run_service_rank)
+                         TAG_STARTED, Layout, RankComm, RankError, RankOptions, exit_now,
+                         import_mpi, run_service_rank)
 
 __all__ = ["initialize", "MPICluster"]
 
@@ -120,16 +121,18 @@ def initialize(*, interface: str | None = None, nthreads: int = 1,
         _say(f"Error: mpnet.mpi.initialize: {e}")
         rc.finish(2)
         exit_now(2)
+    from .deploy.local import memory_per_worker
     sharing = rc.local_size() if memory_limit == "auto" else 1   # collective
+    memory = memory_per_worker(memory_limit, sharing)   # a bad value fails every rank
     if layout.role(rc.rank) == "client":
         return _client_rank(rc, layout, start_timeout)
     from .cli.common import setup_logging
     setup_logging()
-    _service_rank(rc, layout, dict(
-        interface=interface, nthreads=nthreads, memory_limit=memory_limit, sharing=sharing,
-        nanny=nanny, name=name, scheduler_port=scheduler_port, scheduler_file=scheduler_file,
-        dashboard_address=dashboard_address, token=token, death_timeout=death_timeout,
-        local_directory=local_directory, start_timeout=start_timeout, auth=auth))
+    _service_rank(rc, layout, RankOptions(
+        interface=interface, nthreads=nthreads, memory_limit=memory, nanny=nanny, name=name,
+        scheduler_port=scheduler_port, scheduler_file=scheduler_file,
+        dashboard_address=dashboard_address, token=token, auth=auth,
+        death_timeout=death_timeout, local_directory=local_directory), start_timeout)
     raise AssertionError("unreachable: a service rank exits")   # pragma: no cover
 
 
@@ -139,44 +142,15 @@ def _say(line: str) -> None:
     os.write(2, (line + "\n").encode())
 
 
-def _host(interface: str | None) -> str | None:
-    if not interface:
-        return None
-    from .cli.common import interface_address
-    try:
-        return interface_address(interface)
-    except Exception as e:      # click's BadParameter: say it as a plain error
-        raise ValueError(getattr(e, "message", str(e))) from None
-
-
-def _service_rank(rc: RankComm, layout: Layout, o: dict) -> None:
+def _service_rank(rc: RankComm, layout: Layout, options: RankOptions,
+                  start_timeout: float) -> None:
     """Rank 0 or a worker rank: serve until the script on rank 1 ends, then exit."""
     from .cli.common import Shutdown
-    from .deploy.local import memory_per_worker
-
-    def make_scheduler() -> Any:
-        from .scheduler.server import Scheduler
-        return Scheduler(_host(o["interface"]), o["scheduler_port"], token=o["token"],
-                         auth=o["auth"],
-                         scheduler_file=o["scheduler_file"],
-                         dashboard_address=o["dashboard_address"])
-
-    def make_workers(address: str, token: str | None) -> list:
-        from .nanny.nanny import Nanny
-        from .worker.worker import Worker
-        kind = Nanny if o["nanny"] else Worker
-        return [kind(address, name=f"{o['name']}-{rc.rank}", nthreads=o["nthreads"],
-                     host=_host(o["interface"]), token=token or False,   # False: no auth
-                     memory_limit=memory_per_worker(o["memory_limit"], o["sharing"]),
-                     local_directory=o["local_directory"],
-                     connect_timeout=o["death_timeout"], death_timeout=o["death_timeout"])]
-
     code, together = 1, True
     try:
         with Shutdown(f"mpnet rank {rc.rank}", interval=POLL_INTERVAL) as shutdown:
-            code, together = run_service_rank(
-                rc, layout, shutdown, make_scheduler=make_scheduler,
-                make_workers=make_workers, start_timeout=o["start_timeout"], batch=True)
+            code, together = run_service_rank(rc, layout, shutdown, options,
+                                              start_timeout=start_timeout, batch=True)
     except RankError as e:
         _say(f"Error: {e}")
         together = not e.alone

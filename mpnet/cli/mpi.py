@@ -22,10 +22,10 @@ import click
 
 from ..deploy.local import memory_per_worker
 from ..deploy.mpi import (POLL_INTERVAL, START_TIMEOUT, Layout, RankComm, RankError,
-                          exit_now, import_mpi, run_service_rank)
+                          RankOptions, exit_now, import_mpi, run_service_rank)
 from ..deploy.scheduler_file import read_scheduler_file
-from .common import (Command, Duration, Shutdown, choose_host, read_token_file,
-                     setup_logging, version_option)
+from .common import (Command, Duration, Shutdown, read_token_file, setup_logging,
+                     version_option)
 
 __all__ = ["mpi", "main"]
 
@@ -137,23 +137,13 @@ def _run(rc: RankComm, layout: Layout, o: dict) -> tuple[int, bool]:
     memory = memory_limit_bytes(o["memory_limit"], sharing)
     wait = o["death_timeout"] or START_TIMEOUT
 
-    def make_scheduler() -> Any:
-        from ..scheduler.server import Scheduler
-        host = _host(o["interface"])
-        token = read_token_file(o["token_file"], create=True) if o["token_file"] else None
-        return Scheduler(host, o["scheduler_port"], token=token, auth=o["auth"],
-                         scheduler_file=o["scheduler_file"],
-                         dashboard_address=dashboard_text(o["dashboard_address"]))
-
-    def make_workers(address: str, token: str | None) -> list:
-        from ..nanny.nanny import Nanny
-        from ..worker.worker import Worker
-        kind = Nanny if o["nanny"] else Worker
-        return [kind(address, name=f"{o['name']}-{rc.rank}", nthreads=o["nthreads"],
-                     # no token from the lead rank: the cluster runs with --no-auth
-                     host=_host(o["interface"]), token=token or False, memory_limit=memory,
-                     local_directory=o["local_directory"],
-                     connect_timeout=o["death_timeout"], death_timeout=o["death_timeout"])]
+    options = RankOptions(
+        interface=o["interface"], nthreads=o["nthreads"], memory_limit=memory,
+        nanny=o["nanny"], name=o["name"], scheduler_port=o["scheduler_port"],
+        scheduler_file=o["scheduler_file"],
+        dashboard_address=dashboard_text(o["dashboard_address"]),
+        token_file=o["token_file"], auth=o["auth"], death_timeout=o["death_timeout"],
+        local_directory=o["local_directory"])
 
     def read_hello() -> dict:
         found = read_scheduler_file(o["scheduler_file"], timeout=wait)
@@ -171,18 +161,9 @@ def _run(rc: RankComm, layout: Layout, o: dict) -> tuple[int, bool]:
     log.info("rank %d of %d: %s", rc.rank, rc.size, role)
     with Shutdown(f"mpnet-mpi rank {rc.rank}", interval=POLL_INTERVAL) as shutdown:
         return run_service_rank(
-            rc, layout, shutdown, make_scheduler=make_scheduler if role == "scheduler"
-            else None, make_workers=make_workers,
+            rc, layout, shutdown, options,
             read_hello=read_hello if layout.scheduler_rank is None else None,
             start_timeout=wait)
-
-
-def _host(interface: str | None) -> str | None:
-    """The interface's address, checked on the rank that uses it: hosts differ."""
-    try:
-        return choose_host(None, interface)
-    except click.UsageError as e:
-        raise ValueError(e.format_message()) from None
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["Layout", "RankComm", "RankError", "RankLogger", "import_mpi", "exit_now",
+__all__ = ["Layout", "RankComm", "RankError", "RankOptions", "RankLogger", "import_mpi", "exit_now",
            "run_service_rank", "serve_scheduler_rank", "serve_worker_rank",
            "services_finished", "INSTALL_HINT",
            "TAG_HELLO", "TAG_STARTED", "TAG_EXIT", "START_TIMEOUT", "EXIT_GRACE",
@@ -328,31 +328,80 @@ def serve_worker_rank(rc: RankComm, layout: Layout, services: list, shutdown: An
     return code, together
 
 
+@dataclasses.dataclass(frozen=True)
+class RankOptions:
+    """What a rank builds its scheduler or worker from: the options of ``mpnet mpi`` and
+    the arguments of ``initialize()``, one for one (see docs/mpi.md)."""
+
+    interface: str | None = None
+    nthreads: int = 1
+    memory_limit: int = 0                # bytes per worker rank, 0 = none
+    nanny: bool = False
+    name: str = "mpi"                    # workers are NAME-RANK
+    scheduler_port: int = 0
+    scheduler_file: str | None = None
+    dashboard_address: str | None = None
+    token: str | None = None             # the scheduler rank's, if given explicitly
+    token_file: str | None = None        # ... or read (created if missing) there
+    auth: bool = True
+    death_timeout: float | None = None   # seconds; None: the configured default
+    local_directory: str | None = None
+
+    def host(self) -> str | None:
+        """The interface's address, looked up on the rank that uses it: hosts differ."""
+        if not self.interface:
+            return None
+        import click
+        from ..cli.common import interface_address   # the same lookup as every command
+        try:
+            return interface_address(self.interface)
+        except click.BadParameter as e:
+            raise ValueError(e.format_message()) from None
+
+    def make_scheduler(self) -> Any:
+        from ..scheduler.server import Scheduler
+        token = self.token
+        if self.token_file:
+            from ..cli.common import read_token_file
+            token = read_token_file(self.token_file, create=True)
+        return Scheduler(self.host(), self.scheduler_port, token=token, auth=self.auth,
+                         scheduler_file=self.scheduler_file,
+                         dashboard_address=self.dashboard_address)
+
+    def make_workers(self, rank: int, address: str, token: str | None) -> list:
+        """This rank's one worker (or nanny). No token from the lead rank means the
+        cluster runs without one: ``False`` keeps the worker from looking for its own."""
+        from ..nanny.nanny import Nanny
+        from ..worker.worker import Worker
+        kind = Nanny if self.nanny else Worker
+        return [kind(address, name=f"{self.name}-{rank}", nthreads=self.nthreads,
+                     host=self.host(), token=token or False, memory_limit=self.memory_limit,
+                     local_directory=self.local_directory,
+                     connect_timeout=self.death_timeout, death_timeout=self.death_timeout)]
+
+
 def _one_line(e: BaseException) -> str:
     text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
     return " ".join(text.split()) or type(e).__name__
 
 
-def run_service_rank(rc: RankComm, layout: Layout, shutdown: Any, *,
-                     make_scheduler: Callable[[], Any] | None,
-                     make_workers: Callable[[str, str | None], list],
+def run_service_rank(rc: RankComm, layout: Layout, shutdown: Any, options: RankOptions, *,
                      read_hello: Callable[[], dict] | None = None,
                      start_timeout: float = START_TIMEOUT, batch: bool = False
                      ) -> tuple[int, bool]:
     """The life of a scheduler or worker rank, from start to the end of serving.
 
-    ``make_scheduler()`` builds the (unstarted) Scheduler on the scheduler rank;
-    ``make_workers(address, token)`` the (unstarted) Workers or Nannies of a worker
-    rank; ``read_hello()`` gives ``{address, token}`` on the lead rank when there is no
-    scheduler rank (``--no-scheduler``). Raises what made this rank fail to start; on
-    success returns (exit code, whether to end together with the other ranks).
+    ``options`` builds the services; ``read_hello()`` gives ``{address, token}`` on the
+    lead rank when there is no scheduler rank (``--no-scheduler``). Raises RankError if
+    this rank cannot start; else returns (exit code, whether to end together with the
+    other ranks).
     """
     role = layout.role(rc.rank)
     others = layout.others(rc.rank)
     if role == "scheduler":
         scheduler, failure = None, None
         try:
-            scheduler = make_scheduler()
+            scheduler = options.make_scheduler()
             scheduler.add_plugin(RankLogger())
             scheduler.start()
             hello = {"address": scheduler.address, "token": scheduler.token}
@@ -391,7 +440,7 @@ def run_service_rank(rc: RankComm, layout: Layout, shutdown: Any, *,
     from ..worker.worker import Worker
     services: list = []
     try:
-        services = make_workers(hello["address"], hello["token"])
+        services = options.make_workers(rc.rank, hello["address"], hello["token"])
         _start(services)
     except Exception as e:
         if batch:
