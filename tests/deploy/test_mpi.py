@@ -150,7 +150,7 @@ class Jobs:
 def error_lines(output: str) -> list[str]:
     """The lines a user reads, after asserting there is no traceback among them."""
     assert "Traceback" not in output, output
-    return [line for line in output.splitlines() if " INFO " not in line]
+    return [line for line in output.splitlines() if " INFO " not in line and line.strip()]
 
 
 def exit_codes(out: str) -> dict[int, int]:
@@ -184,6 +184,17 @@ def test_missing_mpi4py_says_how_to_install(monkeypatch):
 
 
 # --- mpnet mpi ----------------------------------------------------------------------
+
+def test_scheduler_that_cannot_start_is_one_line_from_every_rank(mpi):
+    code, out = mpi.finish(mpi.mpirun("-np", "3", *mpi.logged(
+        *MPNET, "--scheduler-port", "0", "--interface", "no-such-nic0")))
+    assert code == 1, out
+    for rank in range(3):
+        [line] = error_lines(mpi.rank_output(rank))
+        assert line.startswith(f"Error: rank {rank}: ") and \
+            "no network interface 'no-such-nic0'" in line, line
+    mpi.assert_all_gone()
+
 
 def test_too_few_ranks_is_one_line_from_every_rank(mpi):
     code, out = mpi.finish(mpi.mpirun("-np", "1", *mpi.logged(*MPNET)))
@@ -236,21 +247,22 @@ def test_nanny_children_end_with_the_job(mpi):
     """--nanny: the worker is a child of the rank, outside mpirun's view; it must still
     end with the job, and be restarted by its nanny if it dies."""
     path = mpi.dir / "sched.json"
-    proc = mpi.mpirun("-np", "2", *MPNET, "--nanny", "--scheduler-file", str(path),
-                      "--scheduler-port", "0", "--interface", "lo", "--dashboard-address", "")
+    proc = mpi.mpirun("-np", "2", *MPNET, "--nanny", "--scheduler-rank", "1",
+                      "--scheduler-file", str(path), "--scheduler-port", "0",
+                      "--interface", "lo", "--dashboard-address", "")
     ranks = mpi.ranks(proc, 2)
     with Client(scheduler_file=str(path), timeout=JOB_TIMEOUT) as client:
         wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, timeout=JOB_TIMEOUT,
                  what="the worker rank")
         first = client.run(os.getpid)
-        assert list(first.values())[0] in [c.pid for c in ranks[1].children()]
+        assert list(first.values())[0] in [c.pid for c in ranks[0].children()]
         with pytest.raises(WorkerLostError):   # the nanny's worker dies; the rank does not
             client.run(lambda: os._exit(3))
-        wait_for(lambda: (lambda w: len(w) == 1 and list(w.values())[0]["name"] == "mpi-1"
+        wait_for(lambda: (lambda w: len(w) == 1 and list(w.values())[0]["name"] == "mpi-0"
                           and list(w) != list(first))(client.scheduler_info()["workers"]),
                  timeout=JOB_TIMEOUT, what="the restarted worker")
         assert client.submit(pow, 3, 3).result() == 27
-    ranks[0].send_signal(signal.SIGTERM)
+    ranks[1].send_signal(signal.SIGTERM)       # the scheduler rank
     code, out = mpi.finish(proc)
     assert code == 0, out
     mpi.assert_all_gone()
