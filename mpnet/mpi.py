@@ -194,10 +194,15 @@ def _end_job(rc: RankComm, layout: Layout, exit_code: _ExitCode) -> None:
     Rank 1 then leaves with the code Python computed itself; if some rank never came to
     the end, it leaves at once (MPI_Finalize would wait for that rank forever)."""
     code = exit_code.code
-    late = rc.send(layout.others(rc.rank), TAG_EXIT,
-                   {"code": code, "why": "the client script ended", "from": rc.rank},
-                   EXIT_TIMEOUT / 2)
-    if late:
-        log.error("rank %d: ranks %s did not take the end-of-script note", rc.rank, late)
-    if not rc.finish(code, with_others=not late):
+    try:
+        late = rc.send(layout.others(rc.rank), TAG_EXIT,
+                       {"code": code, "why": "the client script ended", "from": rc.rank},
+                       EXIT_TIMEOUT / 2)
+        if late:
+            log.error("rank %d: ranks %s did not take the end-of-script note", rc.rank, late)
+        finished = rc.finish(code, with_others=not late)
+    except Exception as e:     # MPI itself failed (a peer is gone): do not linger on it
+        _say(f"mpnet: rank {rc.rank}: ending the MPI job failed: {e}")
+        finished = False
+    if not finished:
         exit_now(code or 1)

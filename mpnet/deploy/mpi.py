@@ -6,7 +6,7 @@
       scheduler rank (0) ── HELLO {address, token} ─────────► every other rank
       each worker rank ──── STARTED {rank, error} ──────────► the client rank (batch mode)
       whoever ends the job ─ EXIT {code, why} ──────────────► every rank still serving
-          (the client rank when its script ends; the scheduler rank on SIGTERM or idle)
+          (the client rank when its script ends; the scheduler rank on a signal)
       then every rank: close its service ─ Ibarrier ─ MPI_Finalize ─ exit(code)
 
 MPI carries only these few messages, on each rank's main thread, at the start and at the
@@ -31,8 +31,8 @@ import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["Layout", "RankComm", "RankError", "RankOptions", "RankLogger", "import_mpi", "exit_now",
-           "run_service_rank", "serve_scheduler_rank", "serve_worker_rank",
+__all__ = ["Layout", "RankComm", "RankError", "RankOptions", "RankLogger", "import_mpi",
+           "exit_now", "run_service_rank", "serve_scheduler_rank", "serve_worker_rank",
            "services_finished", "INSTALL_HINT",
            "TAG_HELLO", "TAG_STARTED", "TAG_EXIT", "START_TIMEOUT", "EXIT_GRACE",
            "EXIT_TIMEOUT", "POLL_INTERVAL"]
