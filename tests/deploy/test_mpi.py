@@ -69,7 +69,9 @@ class Jobs:
         self.env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
                     "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, "MPNET_TEST_JOB": self.marker,
                     # root in a container (CI): OpenMPI refuses without both
-                    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+                    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                    # containers often forbid the cross-process reads (CMA) it would use
+                    "OMPI_MCA_btl_vader_single_copy_mechanism": "none"}
         self.env.pop("MPNET_TOKEN", None)
         self.started: list[subprocess.Popen] = []
 
