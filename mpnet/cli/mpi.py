@@ -102,11 +102,11 @@ def dashboard_text(value: str | None) -> str | None:
                    "can run code on it.")
 @version_option("mpnet-mpi")
 def mpi(**o: Any) -> None:
-    setup_logging()
     try:
         MPI = import_mpi()
     except ImportError as e:
         raise click.ClickException(str(e)) from None
+    setup_logging()
     rc = RankComm(MPI)
     layout = Layout(rc.size, None if not o["with_scheduler"] else o["scheduler_rank"])
     try:
