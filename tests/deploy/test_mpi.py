@@ -319,6 +319,42 @@ def test_scheduler_rank_death(mpi, recovery):
     mpi.assert_all_gone()
 
 
+def test_ranks_on_two_namespace_hosts_over_ssh(mpi, hosts):
+    """mpirun --host over the test hosts' sshd (tests/hosts.py): 2 ranks on each of two
+    hosts, every rank on its host's eth0 (--interface), MPI's own traffic kept there too."""
+    first, second = hosts.addresses[:2]
+    subnet = first.rsplit(".", 1)[0] + ".0/24"
+    # OpenSSH finds keys through the passwd entry, not $HOME: name them all here
+    ssh = (f"ssh -F /dev/null -i {hosts.key_path} -o UserKnownHostsFile={hosts.known_hosts} "
+           "-o BatchMode=yes")
+    options = ("--host", f"{first}:2,{second}:2", "--mca", "plm_rsh_agent", ssh,
+               "--mca", "plm_rsh_no_tree_spawn", "1", "--mca", "oob_tcp_if_include", subnet,
+               "--mca", "btl_tcp_if_include", subnet, "--mca", "btl", "self,tcp",
+               *[a for var in ("PYTHONPATH", "PYTHONUNBUFFERED", "HOME", "XDG_CONFIG_HOME",
+                               "MPNET_TEST_JOB") for a in ("-x", var)])
+    path = mpi.dir / "sched.json"
+    proc = mpi.mpirun("-np", "4", *MPNET, "--interface", "eth0", "--scheduler-port", "0",
+                      "--scheduler-file", str(path), "--dashboard-address", "",
+                      options=options)
+    with Client(scheduler_file=str(path), timeout=JOB_TIMEOUT) as client:
+        assert client.scheduler_address.startswith(f"tcp://{first}:")
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 3, timeout=JOB_TIMEOUT,
+                 what="3 worker ranks")
+        hosts_of = {w["name"]: a.split("//")[1].split(":")[0]
+                    for a, w in client.scheduler_info()["workers"].items()}
+        assert hosts_of == {"mpi-1": first, "mpi-2": second, "mpi-3": second}
+        assert sum(client.gather(client.map(lambda x: x * x, range(300)))) == \
+            sum(x * x for x in range(300))
+    [scheduler] = [p for p in mpi.processes()
+                   if p.environ().get("OMPI_COMM_WORLD_RANK") == "0"]
+    scheduler.send_signal(signal.SIGTERM)
+    code, out = mpi.finish(proc)
+    assert code == 0, out
+    mpi.assert_all_gone()
+    wait_for(lambda: not hosts.pids(0) and not hosts.pids(1), timeout=10,
+             what="nothing left on the hosts (ranks, orted, ssh sessions)")
+
+
 # --- batch mode ----------------------------------------------------------------------
 
 BATCH = """\
