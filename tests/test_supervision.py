@@ -49,7 +49,9 @@ def hold_the_gil(seconds):
 
 
 def worker_pids(client):
-    return client.run(os.getpid)
+    """``{address: pid}`` of the registered workers. From the scheduler's records, not
+    ``client.run``: a worker retiring at that moment would fail the call."""
+    return {a: w["pid"] for a, w in client.scheduler_info()["workers"].items()}
 
 
 def tree_sum(client, values):
