@@ -12,8 +12,10 @@ from .deploy.local import LocalCluster
 from .diagnostics.progress import progress
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
                      CommClosedError, ConnectTimeoutError, FrameTooLargeError,
-                     KeyConflictError, KilledWorkerError, MpnetError, ProtocolError,
-                     SerializationError, TLSError, TokenFileError, UnsatisfiableError,
+                     InvalidSchedulerFileError, KeyConflictError, KilledWorkerError,
+                     MpnetError, PreloadError, ProtocolError, SchedulerFileError,
+                     SchedulerFileTimeoutError, SerializationError, SSHError,
+                     StaleSchedulerFileError, TLSError, TokenFileError, UnsatisfiableError,
                      VersionMismatchError, WorkerLostError)
 from .nanny.nanny import Nanny
 from .plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
@@ -36,14 +38,16 @@ __all__ = [
     "MpnetError", "ProtocolError", "AuthenticationError", "CommClosedError",
     "ConnectTimeoutError", "SerializationError", "ClusterClosedError", "WorkerLostError",
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",
-    "FrameTooLargeError", "TokenFileError", "TLSError",
-    "SSHCluster", "SSHError",
+    "FrameTooLargeError", "TokenFileError", "TLSError", "SchedulerFileError",
+    "SchedulerFileTimeoutError", "StaleSchedulerFileError", "InvalidSchedulerFileError",
+    "PreloadError", "SSHError",
+    "SSHCluster",
 ]
 
 
 def __getattr__(name: str):
     # SSHCluster brings paramiko (~0.1 s to import): loaded only for those who use it.
-    if name in ("SSHCluster", "SSHError"):
+    if name == "SSHCluster":
         from .deploy import ssh
         return getattr(ssh, name)
     raise AttributeError(f"module 'mpnet' has no attribute {name!r}")

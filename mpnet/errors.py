@@ -15,9 +15,15 @@
      ├── WorkerLostError          data or a task was lost with a worker
      │    └── KilledWorkerError   a task was on every worker that died running it
      ├── UnsatisfiableError       no worker could ever run a task or host an actor
- ├── KeyConflictError         a key already names another computation (also a ValueError)
+     ├── KeyConflictError         a key already names another computation (also a ValueError)
      ├── ActorDiedError           the worker hosting an actor died, or it was killed
-     └── VersionMismatchError     software differs between client, scheduler and workers
+     ├── VersionMismatchError     software differs between client, scheduler and workers
+     ├── SchedulerFileError       a scheduler file (--scheduler-file) cannot be used
+     │    ├── SchedulerFileTimeoutError  it did not appear in time (also a TimeoutError)
+     │    ├── StaleSchedulerFileError    its scheduler does not answer (also a RuntimeError)
+     │    └── InvalidSchedulerFileError  it is unreadable or not one (also a ValueError)
+     ├── PreloadError             a --preload could not be imported, parsed or set up
+     └── SSHError                 a host could not be reached, logged into or started on
 
     concurrent.futures.CancelledError  a cancelled future (the standard one, so
                                        ``concurrent.futures`` code keeps working)
@@ -48,6 +54,12 @@ __all__ = [
     "KeyConflictError",
     "ActorDiedError",
     "VersionMismatchError",
+    "SchedulerFileError",
+    "SchedulerFileTimeoutError",
+    "StaleSchedulerFileError",
+    "InvalidSchedulerFileError",
+    "PreloadError",
+    "SSHError",
     "CancelledError",
     "RemoteTraceback",
 ]
@@ -68,6 +80,8 @@ class AuthenticationError(MpnetError):
 class TokenFileError(AuthenticationError):
     """A token file (or scheduler file) is empty, unreadable, or open to other users:
     mpnet refuses it rather than run without authentication or with a leaked token."""
+
+
 class TLSError(MpnetError):
     """TLS could not be set up (a missing or unreadable certificate or key, a tls://
     address without them), or the TLS handshake with a peer failed (a certificate
@@ -138,6 +152,33 @@ class ActorDiedError(MpnetError):
 
 class VersionMismatchError(MpnetError):
     """Client, scheduler and workers run different versions of important packages."""
+
+
+class SchedulerFileError(MpnetError):
+    """A scheduler file cannot be used; the message names the file and what to do."""
+
+
+class SchedulerFileTimeoutError(SchedulerFileError, TimeoutError):
+    """The scheduler file did not appear within the wait (``timeout`` seconds): the
+    scheduler is not running, or was given another ``--scheduler-file``."""
+
+
+class StaleSchedulerFileError(SchedulerFileError, RuntimeError):
+    """The file names a scheduler that is not running any more."""
+
+
+class InvalidSchedulerFileError(SchedulerFileError, ValueError):
+    """The file cannot be read, or is not an mpnet scheduler file (no JSON with an
+    ``address``)."""
+
+
+class PreloadError(MpnetError, RuntimeError):
+    """A preload (``--preload``) could not be imported, its command-line options did not
+    parse, or its ``mpnet_setup`` raised: the service does not start."""
+
+
+class SSHError(MpnetError):
+    """A host could not be reached, logged into, or started on. The message names it."""
 
 
 class RemoteTraceback(Exception):

@@ -32,9 +32,7 @@ import psutil
 from .. import __version__
 from ..comm.addressing import parse_address, parse_port_range, route_address
 from ..comm import auth
-from ..deploy.scheduler_file import StaleSchedulerFileError
-from ..errors import MpnetError, TokenFileError
-from ..preload import PreloadError
+from ..errors import MpnetError, PreloadError, TokenFileError
 
 __all__ = ["Command", "Group", "version_option", "service_errors", "check_preload_argv",
            "check_preloads_take_argv", "Duration", "PortRange", "share_ports",
@@ -107,8 +105,9 @@ def service_errors() -> Iterator[None]:
         if cause is not None and not missing:   # the user's frames, then one summary line
             traceback.print_exception(cause)
         raise click.ClickException(str(e)) from None
-    except (MpnetError, StaleSchedulerFileError, OSError, ValueError, TimeoutError) as e:
-        # MpnetError: a refused token, no scheduler at the address; OSError: a port in
+    except (MpnetError, OSError, ValueError, TimeoutError) as e:
+        # MpnetError: a refused token, no scheduler at the address, a scheduler file
+        # that never appeared or is stale; OSError: a port in
         # use, a host that cannot be bound; ValueError: a file or value that does not
         # parse. Anything else is a bug in mpnet, and its traceback should show.
         text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)

@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from ..comm.addressing import parse_address
+# The errors live in mpnet.errors; imported here too, where they were first defined.
+from ..errors import (InvalidSchedulerFileError, SchedulerFileTimeoutError,
+                      StaleSchedulerFileError)
 
 __all__ = ["write_scheduler_file", "read_scheduler_file", "remove_scheduler_file",
-           "StaleSchedulerFileError", "DEFAULT_WAIT"]
+           "StaleSchedulerFileError", "SchedulerFileTimeoutError",
+           "InvalidSchedulerFileError", "DEFAULT_WAIT"]
 
 DEFAULT_WAIT = 60.0
-
-
-class StaleSchedulerFileError(RuntimeError):
-    """The file names a scheduler that is not running any more."""
 
 
 def _path(path: str | os.PathLike) -> Path:
@@ -82,8 +82,10 @@ def read_scheduler_file(path: str | os.PathLike, *, timeout: float | None = None
                         check_alive: bool = True) -> dict[str, Any]:
     """Wait up to ``timeout`` seconds for the file, then return its contents.
 
-    Raises ``TimeoutError`` if it never appears, ``ValueError`` if it is not a scheduler
-    file, and :class:`StaleSchedulerFileError` if its scheduler does not answer.
+    Raises :class:`~mpnet.errors.SchedulerFileTimeoutError` (a ``TimeoutError``) if it
+    never appears, :class:`~mpnet.errors.InvalidSchedulerFileError` (a ``ValueError``) if
+    it is not a scheduler file, and :class:`~mpnet.errors.StaleSchedulerFileError` if its
+    scheduler does not answer.
     """
     target = _path(path)
     timeout = DEFAULT_WAIT if timeout is None else timeout
@@ -95,18 +97,18 @@ def read_scheduler_file(path: str | os.PathLike, *, timeout: float | None = None
             break
         except FileNotFoundError:
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"scheduler file {target} did not appear within "
-                                   f"{timeout}s: is mpnet-scheduler running with "
-                                   f"--scheduler-file {path}?") from None
+                raise SchedulerFileTimeoutError(
+                    f"scheduler file {target} did not appear within {timeout}s: is "
+                    f"mpnet-scheduler running with --scheduler-file {path}?") from None
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
         except OSError as e:
-            raise ValueError(f"cannot read scheduler file {target}: {e.strerror}") from None
+            raise InvalidSchedulerFileError(f"cannot read scheduler file {target}: {e.strerror}") from None
     try:
         info = json.loads(text)
         info["address"]
     except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{target} is not an mpnet scheduler file (no JSON with an "
+        raise InvalidSchedulerFileError(f"{target} is not an mpnet scheduler file (no JSON with an "
                          "'address')") from None
     if info.get("token"):
         from ..comm.auth import check_private    # the file carries the cluster's token

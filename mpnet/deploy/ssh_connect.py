@@ -27,13 +27,9 @@ from typing import Any
 
 import paramiko
 
-from ..errors import MpnetError
+from ..errors import SSHError
 
 __all__ = ["SSHError", "HostSpec", "parse_host", "read_hostfile", "connect", "fingerprint"]
-
-
-class SSHError(MpnetError):
-    """A host could not be reached, logged into, or started on. The message names it."""
 
 
 @dataclass(frozen=True)
