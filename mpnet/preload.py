@@ -5,8 +5,16 @@ a ``.py`` file. Its ``mpnet_setup(service)`` runs at the end of start-up and
 ``mpnet_teardown(service)`` at close; ``dask_setup`` / ``dask_teardown`` are accepted too,
 so dask preload scripts move over unchanged. When ``mpnet_setup`` is a click command,
 its options come from ``preload_argv`` (on the command line: the options the service's
-own command does not know). A setup that raises stops the start: a half-configured
-worker never joins.
+own command does not know).
+
+Order, and why:
+
+- import and option parsing happen when the service object is built, before it opens a
+  port or writes a scheduler file: a mistyped option costs nothing to fix;
+- ``mpnet_setup`` runs once the service listens (it gets the running service); a setup
+  that raises stops the start, so a half-configured worker never joins;
+- ``mpnet_teardown`` runs only for a preload whose ``mpnet_setup`` ran to the end (or
+  that has none), once.
 """
 
 from __future__ import annotations
@@ -19,13 +27,11 @@ import sys
 from types import ModuleType
 from typing import Any, Iterable
 
+from .errors import PreloadError
+
 __all__ = ["Preload", "load_preloads", "PreloadError"]
 
 log = logging.getLogger("mpnet.preload")
-
-
-class PreloadError(RuntimeError):
-    """A preload could not be imported or its setup raised."""
 
 
 def _import(name: str) -> ModuleType:
@@ -43,6 +49,9 @@ def _import(name: str) -> ModuleType:
 
 
 class Preload:
+    """One preload: imported and its options parsed at construction, set up and torn
+    down by the service that owns it."""
+
     def __init__(self, name: str, argv: Iterable[str] = ()):
         self.name = name
         self.argv = list(argv)
@@ -56,26 +65,45 @@ class Preload:
             getattr(self.module, "dask_setup", None)
         self.teardown_fn = getattr(self.module, "mpnet_teardown", None) or \
             getattr(self.module, "dask_teardown", None)
+        self._callback, self._params = self._parse()
+        self._set_up = False
 
-    def setup(self, service: Any) -> None:
+    def _parse(self) -> tuple[Any, dict]:
+        """The function to call and its keyword arguments (a click command's options,
+        parsed from ``argv`` now: an unknown option fails before the service listens)."""
         fn = self.setup_fn
         if fn is None:
-            return
+            return None, {}
+        import click
+        if not isinstance(fn, click.Command) and hasattr(fn, "__click_params__"):
+            fn = click.command()(fn)    # options given without @click.command()
+        if not isinstance(fn, click.Command):
+            return fn, {}
         try:
-            import click
-            if not isinstance(fn, click.Command) and hasattr(fn, "__click_params__"):
-                fn = click.command()(fn)    # options given without @click.command()
-            if isinstance(fn, click.Command):
-                ctx = fn.make_context(f"preload {self.name}", list(self.argv),
-                                      allow_extra_args=False)
-                fn.callback(service, **ctx.params)
-            else:
-                fn(service)
-        except Exception as e:
-            raise PreloadError(f"preload {self.name!r} failed in its setup: "
-                               f"{type(e).__name__}: {e}") from e
+            ctx = fn.make_context(f"preload {self.name}", list(self.argv),
+                                  allow_extra_args=False)
+        except click.ClickException as e:
+            raise PreloadError(f"preload {self.name!r}: bad option: "
+                               f"{e.format_message()}") from e
+        except click.exceptions.Exit as e:      # --help or --version: it printed them
+            raise PreloadError(f"preload {self.name!r} exited while parsing its options "
+                               f"({' '.join(self.argv)})") from e
+        return fn.callback, ctx.params
+
+    def setup(self, service: Any) -> None:
+        if self._callback is not None:
+            try:
+                self._callback(service, **self._params)
+            except Exception as e:
+                raise PreloadError(f"preload {self.name!r} failed in its setup: "
+                                   f"{type(e).__name__}: {e}") from e
+        self._set_up = True
 
     def teardown(self, service: Any) -> None:
+        """Undo a setup that ran (once); nothing for one that never ran or raised."""
+        if not self._set_up:
+            return
+        self._set_up = False
         if self.teardown_fn is None:
             return
         try:

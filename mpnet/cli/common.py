@@ -7,7 +7,9 @@
             │                                   │ after the traceback of a failing preload
     SIGINT/SIGTERM ─► handler records it, writes a byte ─► Shutdown.wait() returns on the
                       main thread, which closes the services (exit 0)
-    a second SIGINT/SIGTERM ─► os._exit at once
+    a second SIGINT (Ctrl-C again) ─► os._exit at once
+    more SIGTERMs ─► ignored: the close goes on (wrappers such as `timeout` send one to
+                     the process and one to its group; SIGKILL is there to force)
 
 The commands stay thin: each option is a keyword argument of a service object.
 """
@@ -297,7 +299,12 @@ def pid_file(path: str | None) -> Iterator[None]:
 
 
 class Shutdown:
-    """SIGINT and SIGTERM wake the main thread to close gracefully; a second one forces.
+    """SIGINT and SIGTERM wake the main thread to close gracefully; a second SIGINT forces.
+
+    A repeated SIGTERM is the same request again, not an escalation: ``timeout``, shells
+    and job schedulers send SIGTERM to the process *and* to its process group, so one
+    stop can arrive twice. Only a person presses Ctrl-C twice; whoever sends SIGTERM has
+    SIGKILL to force.
 
     The handler only records the signal and writes a byte to a pipe (uvicorn's habit: the
     handler records, the main loop acts). :meth:`wait` blocks on that pipe; services that
@@ -327,7 +334,7 @@ class Shutdown:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.received.append(signum)
-        if len(self.received) > 1:
+        if len(self.received) > 1 and signum == signal.SIGINT:
             os.write(2, f"{self.prog}: second {signal.Signals(signum).name}, exiting "
                         "without cleaning up\n".encode())
             os._exit(128 + signum)

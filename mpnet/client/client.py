@@ -159,7 +159,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             self.scheduler = connect_sync(
                 self.loop, address, config=self.config, token=self.token, role="client",
                 info={"id": self.id}, handler=self._dispatch, on_close=self._scheduler_closed,
-                timeout=timeout)
+                timeout=timeout, on_waiting=log.warning)
             welcome = self._request(Msg.REGISTER_CLIENT, self.id, get_versions(),
                                     timeout=timeout)
             self.scheduler_id = welcome["id"]

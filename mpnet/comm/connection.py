@@ -47,6 +47,8 @@ _IOV_MAX = 512
 _ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_PAUSE = 0.25
 _ACCEPT_LOG_EVERY = 10.0
+#: Seconds of refused connects before ``connect(on_waiting=)`` says it is still trying.
+WAITING_NOTICE = 1.0
 
 
 class Connection:
@@ -532,17 +534,21 @@ def listen_on_any(ports: int | list[int], make: Callable[[int], Listener]) -> Li
 def connect(loop: EventLoop, address: str, *, config: Config, token: str | None, role: str,
             info: dict, handler: Callable[[Connection, list], None],
             on_close: Callable[[Connection, BaseException | None], None] | None = None,
-            timeout: float | None = None) -> Future:
+            timeout: float | None = None,
+            on_waiting: Callable[[str], None] | None = None) -> Future:
     """Dial ``address`` from the loop; the future gets the open :class:`Connection`.
 
     While nothing listens there (connection refused) it retries with backoff until
     ``timeout`` seconds (``config.connect_timeout`` by default) have passed, then fails
     with :class:`ConnectTimeoutError` naming the address. A wrong token fails at once
-    with :class:`AuthenticationError`.
+    with :class:`AuthenticationError`. ``on_waiting(text)`` is called once, on the loop
+    thread, when it has been retrying for :data:`WAITING_NOTICE` seconds: a line that
+    says nothing answers yet and for how long it keeps trying.
     """
     timeout = config.connect_timeout if timeout is None else timeout
     result: Future = Future()
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     host, port = parse_address(address)
     host = host or "127.0.0.1"
     from . import tls
@@ -561,11 +567,18 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
 
     def retry(reason: str) -> None:
         state["last"] = reason
-        if time.monotonic() + state["delay"] > deadline:
+        now = time.monotonic()
+        if now + state["delay"] > deadline:
             give_up(ConnectTimeoutError(
                 f"could not connect to {peer} within {timeout}s ({reason}): is a scheduler "
                 "or worker running there? Check the address and the firewall."))
             return
+        if on_waiting is not None and now - started >= WAITING_NOTICE and \
+                not state.get("noticed"):
+            state["noticed"] = True
+            what = "nothing is listening at" if reason == "ECONNREFUSED" else \
+                f"no answer ({reason}) from"
+            on_waiting(f"{what} {peer} yet: still trying for {deadline - now:.0f} s")
         loop.call_later(state["delay"], attempt)
         state["delay"] = min(state["delay"] * 2, 0.5)
 

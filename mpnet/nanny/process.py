@@ -187,7 +187,7 @@ class WorkerProcess:
         self.ask_to_close()
 
         def escalate(sig: int) -> None:
-            if proc.is_alive():
+            if not self.released and proc.is_alive():   # released: gone, handle closed
                 log.warning("worker pid %s did not stop within %.1fs; sending %s",
                             proc.pid, grace, signal.Signals(sig).name)
                 os.kill(proc.pid, sig)

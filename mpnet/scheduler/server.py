@@ -555,7 +555,11 @@ class Scheduler:
     def _worker_exited(self, conn: Connection, address: str, pid: int, code: int | None,
                        how: str, restarting: bool, running: list | None = None) -> None:
         description = f"pid {pid}, {how}"
-        log.warning("worker %s exited: %s", address, description)
+        ws = self.state.workers.get(address)
+        # Gone already (it said GOODBYE) or retiring: a planned exit, not news to warn of.
+        planned = ws is None or ws.retiring
+        log.log(logging.INFO if planned else logging.WARNING, "worker %s exited: %s",
+                address, description)
         self.monitoring.worker_exited(conn.owner_data, address, description, restarting)
         if restarting and isinstance(conn.owner_data, str):
             self.restarts[conn.owner_data] = self.restarts.get(conn.owner_data, 0) + 1
