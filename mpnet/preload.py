@@ -76,7 +76,9 @@ class Preload:
             return None, {}
         import click
         if not isinstance(fn, click.Command) and hasattr(fn, "__click_params__"):
-            fn = click.command()(fn)    # options given without @click.command()
+            # Options given without @click.command(). Making the command takes the
+            # options off the function, so keep the command: it is the setup now.
+            fn = self.setup_fn = click.command()(fn)
         if not isinstance(fn, click.Command):
             return fn, {}
         try:
