@@ -13,7 +13,7 @@ from .diagnostics.progress import progress
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
                      CommClosedError, ConnectTimeoutError, FrameTooLargeError,
                      InvalidSchedulerFileError, KeyConflictError, KilledWorkerError,
-                     MpnetError, PreloadError, ProtocolError, SchedulerFileError,
+                     MpnetError, PreloadError, PreloadOptionError, ProtocolError, SchedulerFileError,
                      SchedulerFileTimeoutError, SerializationError, SSHError,
                      StaleSchedulerFileError, TLSError, TokenFileError, UnsatisfiableError,
                      VersionMismatchError, WorkerLostError)
@@ -40,7 +40,7 @@ __all__ = [
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",
     "FrameTooLargeError", "TokenFileError", "TLSError", "SchedulerFileError",
     "SchedulerFileTimeoutError", "StaleSchedulerFileError", "InvalidSchedulerFileError",
-    "PreloadError", "SSHError",
+    "PreloadError", "PreloadOptionError", "SSHError",
     "SSHCluster",
 ]
 

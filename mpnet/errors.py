@@ -22,7 +22,8 @@
      │    ├── SchedulerFileTimeoutError  it did not appear in time (also a TimeoutError)
      │    ├── StaleSchedulerFileError    its scheduler does not answer (also a RuntimeError)
      │    └── InvalidSchedulerFileError  it is unreadable or not one (also a ValueError)
-     ├── PreloadError             a --preload could not be imported, parsed or set up
+     ├── PreloadError             a --preload could not be imported or set up
+     │    └── PreloadOptionError  its command-line options did not parse
      └── SSHError                 a host could not be reached, logged into or started on
 
     concurrent.futures.CancelledError  a cancelled future (the standard one, so
@@ -59,6 +60,7 @@ __all__ = [
     "StaleSchedulerFileError",
     "InvalidSchedulerFileError",
     "PreloadError",
+    "PreloadOptionError",
     "SSHError",
     "CancelledError",
     "RemoteTraceback",
@@ -175,6 +177,11 @@ class InvalidSchedulerFileError(SchedulerFileError, ValueError):
 class PreloadError(MpnetError, RuntimeError):
     """A preload (``--preload``) could not be imported, its command-line options did not
     parse, or its ``mpnet_setup`` raised: the service does not start."""
+
+
+class PreloadOptionError(PreloadError):
+    """A preload's ``mpnet_setup`` is a click command and the options given for it do not
+    parse (an unknown option, a bad value): found before the service listens."""
 
 
 class SSHError(MpnetError):

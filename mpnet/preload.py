@@ -27,7 +27,7 @@ import sys
 from types import ModuleType
 from typing import Any, Iterable
 
-from .errors import PreloadError
+from .errors import PreloadError, PreloadOptionError
 
 __all__ = ["Preload", "load_preloads", "PreloadError"]
 
@@ -85,10 +85,10 @@ class Preload:
             ctx = fn.make_context(f"preload {self.name}", list(self.argv),
                                   allow_extra_args=False)
         except click.ClickException as e:
-            raise PreloadError(f"preload {self.name!r}: bad option: "
+            raise PreloadOptionError(f"preload {self.name!r}: bad option: "
                                f"{e.format_message()}") from e
         except click.exceptions.Exit as e:      # --help or --version: it printed them
-            raise PreloadError(f"preload {self.name!r} exited while parsing its options "
+            raise PreloadOptionError(f"preload {self.name!r} exited while parsing its options "
                                f"({' '.join(self.argv)})") from e
         return fn.callback, ctx.params
 

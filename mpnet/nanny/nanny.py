@@ -314,9 +314,10 @@ class Nanny:
         self._failure_reported = True
         log.error("%s: worker failed to start:\n%s", self.id, text)
         if not self._started.done():
-            last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
+            lines = text.strip().splitlines() or ["unknown error"]
+            where = " (its traceback is in the log above)" if len(lines) > 1 else ""
             self._started.set_exception(MpnetError(
-                f"worker failed to start: {last} (its traceback is in the log above)"))
+                f"worker failed to start: {lines[-1]}{where}"))
             self._status = "closing"   # a worker that cannot start is not restarted
 
     def _worker_exited(self) -> None:

@@ -31,6 +31,7 @@ import psutil
 
 from ..comm.eventloop import EventLoop
 from ..config import tune_gc
+from ..errors import PreloadOptionError
 from ..worker.running import RunningSlots, make_shared_slots
 
 __all__ = ["WorkerProcess", "describe_exit", "worker_main"]
@@ -297,13 +298,15 @@ def worker_main(pipe: Any, kwargs: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the nanny's to handle
     logging.basicConfig(level=kwargs.pop("log_level", logging.WARNING),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    worker = Worker(**kwargs)
-    tune_gc(worker.config)
     try:
+        worker = Worker(**kwargs)      # a preload's bad option fails here, before listening
+        tune_gc(worker.config)
         worker.start()
     except BaseException as e:   # report why, with the traceback, so the user sees it
+        text = str(e) if isinstance(e, PreloadOptionError) else \
+            "".join(traceback.format_exception(e)).rstrip()     # a usage error: one line
         try:
-            pipe.send(("failed", "".join(traceback.format_exception(e)).rstrip()))
+            pipe.send(("failed", text))
         finally:
             sys.exit(1)
     pipe.send(("started", worker.address))

@@ -177,6 +177,18 @@ def test_cli_preload_unknown_option_opens_nothing(cmd, tmp_path):
     assert "Scheduler at" not in err and not path.exists()
 
 
+def test_cli_worker_preload_unknown_option_is_one_line(cmd, tmp_path):
+    preload = _preload(tmp_path, "p")
+    with Scheduler(host="127.0.0.1", port=0, token=False) as scheduler:
+        for nanny in ([], ["--no-nanny"]):
+            code, _, err = cmd.run("worker", scheduler.address, "--no-auth", *nanny,
+                                   "--preload", preload, "--nope")
+            assert code == (2 if nanny else 1), err
+            assert re.search(r"[Nn]o such option.*--nope", err), err
+            assert "Traceback" not in err and "Start worker at" not in err, err
+            assert "traceback is in the log" not in err, err
+
+
 # --- signals --------------------------------------------------------------------------
 
 SLOW_TEARDOWN = """
