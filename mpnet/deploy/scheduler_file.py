@@ -17,6 +17,7 @@ longer answers, at once instead of waiting on it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -34,6 +35,10 @@ __all__ = ["write_scheduler_file", "read_scheduler_file", "remove_scheduler_file
            "InvalidSchedulerFileError", "DEFAULT_WAIT"]
 
 DEFAULT_WAIT = 60.0
+#: Seconds of waiting for a missing file before saying so (once, at INFO).
+WAITING_NOTICE = 1.0
+
+log = logging.getLogger("mpnet.deploy")
 
 
 def _path(path: str | os.PathLike) -> Path:
@@ -89,27 +94,35 @@ def read_scheduler_file(path: str | os.PathLike, *, timeout: float | None = None
     """
     target = _path(path)
     timeout = DEFAULT_WAIT if timeout is None else timeout
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     delay = 0.05
+    noticed = False
     while True:
         try:
             text = target.read_text()
             break
         except FileNotFoundError:
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if not noticed and now - started >= WAITING_NOTICE and now < deadline:
+                noticed = True    # a job scheduler may start workers first: say so, once
+                log.info("scheduler file %s does not exist yet: still waiting for %.0f s",
+                         target, deadline - now)
+            if now >= deadline:
                 raise SchedulerFileTimeoutError(
                     f"scheduler file {target} did not appear within {timeout}s: is "
                     f"mpnet-scheduler running with --scheduler-file {path}?") from None
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
         except OSError as e:
-            raise InvalidSchedulerFileError(f"cannot read scheduler file {target}: {e.strerror}") from None
+            raise InvalidSchedulerFileError(
+                f"cannot read scheduler file {target}: {e.strerror}") from None
     try:
         info = json.loads(text)
         info["address"]
     except (ValueError, KeyError, TypeError):
-        raise InvalidSchedulerFileError(f"{target} is not an mpnet scheduler file (no JSON with an "
-                         "'address')") from None
+        raise InvalidSchedulerFileError(
+            f"{target} is not an mpnet scheduler file (no JSON with an 'address')") from None
     if info.get("token"):
         from ..comm.auth import check_private    # the file carries the cluster's token
         check_private(target, what="scheduler file", folder=False)

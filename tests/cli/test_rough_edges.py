@@ -116,6 +116,10 @@ def test_scheduler_file_errors_are_mpnet_errors(tmp_path):
     with pytest.raises(mpnet.SchedulerFileTimeoutError, match="did not appear") as e:
         read_scheduler_file(tmp_path / "missing.json", timeout=0.1)
     assert isinstance(e.value, TimeoutError) and isinstance(e.value, mpnet.SchedulerFileError)
+    with Records() as log:        # a wait that lasts says so once
+        with pytest.raises(mpnet.SchedulerFileTimeoutError):
+            read_scheduler_file(tmp_path / "missing.json", timeout=1.6)
+    assert len(log.at(logging.INFO, "does not exist yet: still waiting for")) == 1
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
     with pytest.raises(mpnet.InvalidSchedulerFileError, match="not an mpnet scheduler file"):
