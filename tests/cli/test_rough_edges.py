@@ -63,6 +63,12 @@ def _exited(records: Records, address: str) -> list[logging.LogRecord]:
             if r.getMessage().startswith(f"worker {address} exited")]
 
 
+def _warnings(records: Records) -> list[str]:
+    # A machine so loaded that a worker misses its grace period to stop is worth a
+    # warning, planned or not: that one is not what these tests are about.
+    return [m for m in records.at(logging.WARNING) if "did not stop" not in m]
+
+
 # --- log levels -----------------------------------------------------------------------
 
 def test_retire_workers_and_restart_are_info_a_crash_warns():
@@ -73,7 +79,7 @@ def test_retire_workers_and_restart_are_info_a_crash_warns():
         wait_for(lambda: _exited(log, retired), timeout=WAIT, what="the retired worker's exit")
         client.restart()
         wait_for(lambda: _exited(log, other), timeout=WAIT, what="the restarted worker's exit")
-        assert log.at(logging.WARNING) == [], "a planned exit is not a warning"
+        assert _warnings(log) == [], "a planned exit is not a warning"
         victim = next(iter(client.scheduler_info()["workers"].values()))
         os.kill(victim["pid"], signal.SIGKILL)
         wait_for(lambda: log.at(logging.WARNING, "exited"), timeout=WAIT,
@@ -89,7 +95,7 @@ def test_a_worker_that_reaches_its_lifetime_leaves_at_info():
         (address,) = client.scheduler_info()["workers"]
         wait_for(lambda: _exited(log, address), timeout=WAIT, what="the worker's retirement")
     assert _exited(log, address)[0].levelno == logging.INFO
-    assert log.at(logging.WARNING) == []
+    assert _warnings(log) == []
 
 
 # --- errors ---------------------------------------------------------------------------
