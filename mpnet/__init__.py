@@ -13,10 +13,10 @@ from .diagnostics.progress import progress
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
                      CommClosedError, ConnectTimeoutError, FrameTooLargeError,
                      InvalidSchedulerFileError, KeyConflictError, KilledWorkerError,
-                     MpnetError, PreloadError, PreloadOptionError, ProtocolError, SchedulerFileError,
-                     SchedulerFileTimeoutError, SerializationError, SSHError,
-                     StaleSchedulerFileError, TLSError, TokenFileError, UnsatisfiableError,
-                     VersionMismatchError, WorkerLostError)
+                     MpnetError, PreloadError, PreloadOptionError, ProtocolError, RankError,
+                     SchedulerFileError, SchedulerFileTimeoutError, SerializationError,
+                     SSHError, StaleSchedulerFileError, TLSError, TokenFileError,
+                     UnsatisfiableError, VersionMismatchError, WorkerLostError)
 from .nanny.nanny import Nanny
 from .plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
 from .scheduler.server import Scheduler
@@ -40,7 +40,7 @@ __all__ = [
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",
     "FrameTooLargeError", "TokenFileError", "TLSError", "SchedulerFileError",
     "SchedulerFileTimeoutError", "StaleSchedulerFileError", "InvalidSchedulerFileError",
-    "PreloadError", "PreloadOptionError", "SSHError",
+    "PreloadError", "PreloadOptionError", "SSHError", "RankError",
     "SSHCluster",
 ]
 

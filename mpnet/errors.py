@@ -24,7 +24,8 @@
      │    └── InvalidSchedulerFileError  it is unreadable or not one (also a ValueError)
      ├── PreloadError             a --preload could not be imported or set up
      │    └── PreloadOptionError  its command-line options did not parse
-     └── SSHError                 a host could not be reached, logged into or started on
+     ├── SSHError                 a host could not be reached, logged into or started on
+     └── RankError                an MPI rank cannot take part in the job (mpnet mpi)
 
     concurrent.futures.CancelledError  a cancelled future (the standard one, so
                                        ``concurrent.futures`` code keeps working)
@@ -62,6 +63,7 @@ __all__ = [
     "PreloadError",
     "PreloadOptionError",
     "SSHError",
+    "RankError",
     "CancelledError",
     "RemoteTraceback",
 ]
@@ -186,6 +188,19 @@ class PreloadOptionError(PreloadError):
 
 class SSHError(MpnetError):
     """A host could not be reached, logged into, or started on. The message names it."""
+
+
+class RankError(MpnetError, RuntimeError):
+    """This MPI rank cannot take part in the job: the message says why and what to do.
+
+    ``alone`` is True when the other ranks go on without knowing (this rank's worker
+    failed to start, or the lead rank never answered): ending together with them would
+    mean waiting for ranks that are not ending.
+    """
+
+    def __init__(self, message: str, *, alone: bool = False):
+        super().__init__(message)
+        self.alone = alone
 
 
 class RemoteTraceback(Exception):

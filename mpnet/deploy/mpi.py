@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..errors import RankError    # noqa: F401  (defined with every other error; was here)
+
 __all__ = ["Layout", "RankComm", "RankError", "RankOptions", "RankLogger", "import_mpi",
            "exit_now", "run_service_rank", "serve_scheduler_rank", "serve_worker_rank",
            "services_finished", "INSTALL_HINT",
@@ -59,19 +61,6 @@ EXIT_TIMEOUT = 10.0
 FINALIZE_TIMEOUT = 5.0
 #: how often a serving rank looks for an EXIT note (the main thread is idle otherwise)
 POLL_INTERVAL = 0.1
-
-
-class RankError(RuntimeError):
-    """This rank cannot take part in the job: the message says why and what to do.
-
-    ``alone`` is True when the other ranks go on without knowing (this rank's worker
-    failed to start, or the lead rank never answered): ending together with them would
-    mean waiting for ranks that are not ending.
-    """
-
-    def __init__(self, message: str, *, alone: bool = False):
-        super().__init__(message)
-        self.alone = alone
 
 
 def import_mpi() -> Any:
