@@ -17,6 +17,7 @@ from ..comm.serialize import dumps, encode_args
 
 from .actors import ActorCaller, ActorHandle, _resolve_futures, actor_methods, dead_error
 from .futures import BaseFuture
+from .keys import task_options
 
 __all__ = ["ActorMixin", "ActorHandleFuture"]
 
@@ -88,7 +89,6 @@ class ActorMixin:
             raise ValueError(f"lifetime must be None or 'detached', not {lifetime!r}")
         if lifetime == "detached" and name is None:
             raise ValueError("a detached actor needs a name= to be found again")
-        from .client import task_options
         resources, workers = task_options(resources, workers)
         for name_, value in (("max_restarts", max_restarts),
                              ("max_task_retries", max_task_retries),

@@ -30,7 +30,8 @@ from ..comm.fields import check_fields
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, decode_value, encode_args, loads_exception
 from ..errors import ActorDiedError, ProtocolError
-from .futures import BaseFuture
+from .futures import BaseFuture, Future
+from .structures import flatten, rebuild
 
 # Which client is unpickling on this thread: handles that arrive inside results bind
 # to the client that fetched them (see ``binding``).
@@ -248,8 +249,6 @@ class ActorCaller:
 def _resolve_futures(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Futures among the arguments (inside lists, tuples, dicts too) become their values
     first: the call is sent once they are done (this blocks the caller until then)."""
-    from .futures import Future
-    from .structures import flatten, rebuild
     futures = [f for f in flatten([args, kwargs]) if isinstance(f, Future)]
     if not futures:
         return args, kwargs

@@ -10,6 +10,14 @@
 The client shares the event loop of a :class:`~mpnet.LocalCluster` it is given, or
 runs its own (``mpnet-client-loop``). User objects are pickled on the calling thread;
 small results are unpickled on the loop thread as they arrive.
+
+**Threads.** Any number of user threads may call one client at once. What they share
+with the loop thread (the status, the scheduler link, the futures table) lives in
+:class:`~mpnet.client.session.Session`, under its one lock, whose rule is written at the
+top of ``session.py``: every change takes it, the loop thread alone replaces the link,
+no user code runs while it is held, and ``Future.__del__`` never takes it. Everything
+else a client holds is either set once in ``__init__`` or owned by the loop thread
+(worker connections in ``fetch.py``, actor calls in ``actors.py``).
 """
 
 from __future__ import annotations
@@ -18,85 +26,36 @@ import concurrent.futures as cf
 import itertools
 import logging
 import multiprocessing
-import threading
-import time
 import uuid
 import warnings
-import weakref
 from typing import Any, Callable, Iterable
 
 from ..comm import tls
 from ..comm.auth import resolve_token, token_arg
-from ..comm.connection import Connection, connect, connect_sync
 from ..comm.eventloop import EventLoop
-from ..comm.protocol import Dispatcher, Msg
-from ..comm.serialize import (Payload, dumps, dumps_task_args, loads, loads_exception)
+from ..comm.protocol import Msg
+from ..comm.serialize import Payload, dumps, dumps_task_args
 from ..config import Config, make_config, tune_gc
-from ..errors import (ClusterClosedError, CommClosedError, FrameTooLargeError,
-                      KeyConflictError,
-                      KilledWorkerError, UnsatisfiableError, WorkerLostError)
-from ..versions import get_versions
+from ..errors import FrameTooLargeError, WorkerLostError
 from ..worker import context
 from .actor_api import ActorMixin
-from .actors import binding
-from .keys import FunctionCache, check_key, track_for_exit, untrack
+from .fetch import Fetcher
+from .keys import FunctionCache, check_key, task_options, track_for_exit, untrack
 from .keys import recipe as task_recipe
 from .monitoring import MonitoringMixin
 from .operations import OperationsMixin
-from .futures import Future, Remote, as_completed, wait
+from .futures import Future, as_completed, wait
+from .session import Session
 from .structures import ClientExecutor, bind, flatten, rebuild, unwrap
 
 __all__ = ["Client"]
 
 log = logging.getLogger("mpnet.client")
 
-def task_options(resources: Any, workers: Any, priority: Any = 0,
-                 retries: Any = 0) -> tuple[dict | None, list | None]:
-    """Check what submit/actor take, here and now: a wrong type sent on would fail at
-    the scheduler, far from the caller, and the future would wait forever."""
-    if resources is not None:
-        if not isinstance(resources, dict) or not all(
-                isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
-                for k, v in resources.items()):
-            raise TypeError(f"resources= must be a dict of names to amounts, like "
-                            f"{{'GPU': 1}}, not {resources!r}")
-    if workers is not None:
-        workers = [workers] if isinstance(workers, str) else list(workers)
-        if not all(isinstance(w, str) for w in workers):
-            raise TypeError(f"workers= must be worker addresses or names, not {workers!r}")
-    for name, value in (("priority", priority), ("retries", retries)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name}= must be an integer, not {value!r}")
-    if retries < 0:
-        raise ValueError(f"retries= must be 0 or more, not {retries}")
-    return resources or None, workers or None
-
-
 def _fits(payload: Payload, key: str, limit: int) -> Payload:
     if payload.nbytes > limit:
         raise FrameTooLargeError.for_size(f"scattered value {key}", payload.nbytes, limit)
     return payload
-
-
-def _fetch_batches(futures: list, limit: int) -> list[tuple[str, list]]:
-    """Group fetches by worker, each group's values adding up to at most ``limit`` bytes
-    (one reply is one frame, and a frame over max_frame_bytes would be refused)."""
-    batches: list[tuple[str, list]] = []
-    open_: dict[str, tuple[list, list]] = {}     # worker → (its batch, [bytes in it])
-    for f in futures:
-        worker, nbytes = f._result.worker, f._result.nbytes
-        batch, size = open_.get(worker, (None, [0]))
-        if batch is None or (batch and size[0] + nbytes > limit):
-            batch, size = [], [0]
-            open_[worker] = (batch, size)
-            batches.append((worker, batch))
-        batch.append(f)
-        size[0] += nbytes
-    return batches
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _funcname(fn: Any) -> str:
@@ -140,44 +99,31 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         self.id = f"client-{uuid.uuid4().hex[:12]}"
         self._own_loop = loop is None
         self.loop = loop or EventLoop("mpnet-client-loop")
-        self._futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
         self._fn_cache = FunctionCache(self.config.oob_threshold)
         self._function_payload = self._fn_cache.payload
         self._counter = itertools.count()
-        self._workers: dict[str, cf.Future] = {}
-        self._status = "connecting"
-        self._lock = threading.Lock()
-        self._handlers = Dispatcher("client", {
-            Msg.TASK_DONE: self._task_done,
-            Msg.TASK_ERRED: self._task_erred,
-            Msg.TASK_CANCELLED: self._task_cancelled,
-            Msg.TASK_LOST: self._task_lost,
-        }, with_conn=False)
+        self._session = Session(self, self.loop, address, config=self.config,
+                                token=self.token, client_id=self.id)
+        self._fetcher = Fetcher(self, self.loop, config=self.config, token=self.token,
+                                client_id=self.id, dispatch=self._session.dispatch)
         tune_gc(self.config)
         self.loop.start()
         try:
-            self.scheduler = connect_sync(
-                self.loop, address, config=self.config, token=self.token, role="client",
-                info={"id": self.id}, handler=self._dispatch, on_close=self._scheduler_closed,
-                timeout=timeout, on_waiting=log.warning)
-            welcome = self._request(Msg.REGISTER_CLIENT, self.id, get_versions(),
-                                    timeout=timeout)
+            welcome = self._session.connect(timeout)
             self.scheduler_id = welcome["id"]
             if welcome.get("version_mismatch"):
                 warnings.warn("mpnet: this client, the scheduler and the workers run "
                               "different software:\n" + welcome["version_mismatch"],
                               RuntimeWarning, stacklevel=2)
         except BaseException:
-            self._status = "open"
             self.close()
             raise
-        self._status = "open"
         track_for_exit(self)
         if default:
             context.set_default_client(self)
 
     def __repr__(self) -> str:
-        return f"<Client {self.id} scheduler={self.scheduler_address} {self._status}>"
+        return f"<Client {self.id} scheduler={self.scheduler_address} {self.status}>"
 
     def __enter__(self) -> "Client":
         return self
@@ -185,132 +131,40 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    # --- the session (session.py): status, scheduler link, futures table ------------
     @property
     def status(self) -> str:
-        return self._status
+        return self._session.status
+
+    @property
+    def scheduler(self) -> Any:
+        """The link to the scheduler (read it on the loop thread: it is replaced there
+        on reconnect)."""
+        return self._session.link
+
+    @property
+    def _futures(self) -> Any:
+        return self._session.futures
 
     def _check_open(self, what: str) -> None:
-        if self._status == "reconnecting":
-            raise ClusterClosedError(f"{what}(): the client lost its scheduler and is "
-                                     "reconnecting; try again (or wait_for_scheduler())")
-        if self._status != "open":
-            raise ClusterClosedError(f"{what}() called on a client that is {self._status}: "
-                                     "create a new Client")
+        self._session.check_open(what)
 
-    # --- talking to the scheduler ----------------------------------------------------
     def _send(self, msg: list) -> None:
-        self.loop.call_soon_threadsafe(self.scheduler.send, msg)
+        self._session.send(msg)
 
     def _request(self, *msg: Any, timeout: float | None = None) -> Any:
-        fut = self.loop.run_sync(self.scheduler.request, *msg)
-        try:
-            return fut.result(timeout)
-        except CommClosedError as e:
-            raise ClusterClosedError(f"lost the scheduler at {self.scheduler_address}: "
-                                     f"{e}") from None
-
-    def _dispatch(self, conn: Connection, msg: list) -> None:
-        self._handlers(conn, msg)
-
-    def _task_done(self, key: str, payload: Payload | None, worker: str, nbytes: int) -> None:
-        fut = self._futures.get(key)
-        if fut is None:
-            return
-        fut.worker = worker
-        if payload is None:
-            fut._set_value(Remote(worker, nbytes))
-            return
-        try:
-            with binding(self):      # actor handles inside bind to this client
-                fut._set_value(loads(payload, what=f"result of {key}"))
-        except Exception as e:   # the result cannot be unpickled here: the future says so
-            fut._set_error(e)
-
-    def _task_erred(self, key: str, exc: Payload, tb: str) -> None:
-        fut = self._futures.get(key)
-        if fut is not None:
-            fut._set_error(loads_exception(exc, tb))
-
-    def _task_cancelled(self, key: str, reason: str) -> None:
-        fut = self._futures.get(key)
-        if fut is not None:
-            fut._set_cancelled(reason)
-
-    def _task_lost(self, key: str, kind: str, reason: str) -> None:
-        fut = self._futures.get(key)
-        if fut is not None:
-            cls = {"killed": KilledWorkerError, "conflict": KeyConflictError,
-                   "unsatisfiable": UnsatisfiableError}.get(kind, WorkerLostError)
-            if kind == "lost":       # its data is gone from the cluster, even if we
-                fut._set_lost(cls(reason))   # hold a copy (scattered): so say
-            else:
-                fut._set_error(cls(reason))
-
-    def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
-        self._fail_pending(f"the connection to the scheduler at {self.scheduler_address} "
-                           f"was lost{f' ({exc})' if exc else ''}: its tasks are gone; "
-                           "resubmit them (the client reconnects by itself)")
-        if self._status != "open":
-            return
-        self._status = "reconnecting"
-        log.warning("client %s lost its scheduler %s (%s); reconnecting for up to %.0fs",
-                    self.id, self.scheduler_address, exc or "closed",
-                    self.config.death_timeout)
-        connect(self.loop, self.scheduler_address, config=self.config, token=self.token,
-                role="client", info={"id": self.id}, handler=self._dispatch,
-                on_close=self._scheduler_closed, timeout=self.config.death_timeout
-                ).add_done_callback(self._reconnected)
-
-    def _reconnected(self, fut: cf.Future) -> None:
-        if self._status != "reconnecting":
-            if fut.exception() is None:
-                fut.result().close()
-            return
-        if fut.exception() is not None:
-            self._status = "disconnected"
-            log.error("client %s: the scheduler did not come back: %s", self.id,
-                      fut.exception())
-            return
-        self.scheduler = fut.result()
-
-        def registered(reply: cf.Future) -> None:
-            if reply.exception() is None:
-                self._status = "open"
-                log.info("client %s reconnected to %s", self.id, self.scheduler_address)
-            else:
-                self._status = "disconnected"
-        self.scheduler.request(Msg.REGISTER_CLIENT, self.id, get_versions()
-                               ).add_done_callback(registered)
-
-    def wait_for_scheduler(self, timeout: float = 30.0) -> None:
-        """Block until the client is connected (after a scheduler restart, say)."""
-        deadline = time.monotonic() + timeout
-        while self._status == "reconnecting" and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if self._status != "open":
-            raise ClusterClosedError(f"client is {self._status}, not connected to "
-                                     f"{self.scheduler_address}")
-
-    def _fail_pending(self, why: str) -> None:
-        for fut in list(self._futures.values()):
-            fut._set_error(ClusterClosedError(why))
+        return self._session.request(*msg, timeout=timeout)
 
     def _release(self, key: str) -> None:
-        """Called from ``Future.__del__`` on any thread. The RELEASE goes through the
-        same queue as SUBMIT, so it never overtakes a task submitted before it that
-        depends on this key."""
-        if self._status != "open":
-            return
-        try:
-            self.loop.call_soon_threadsafe(self._release_on_loop, key)
-        except RuntimeError:   # interpreter shutting down
-            pass
+        self._session.release(key)
 
-    def _release_on_loop(self, key: str) -> None:
-        # Always sent: a future made again for this key (only possible once the old one
-        # is gone) submits after this RELEASE, in order, and so is computed afresh.
-        if not self.scheduler.closed:
-            self.scheduler.send([Msg.RELEASE, [key]])
+    def _fetch(self, futures: list[Future], timeout: float | None) -> list:
+        return self._fetcher.fetch(futures, timeout)
+
+    def wait_for_scheduler(self, timeout: float = 30.0) -> None:
+        """Block until the client is connected (after a scheduler restart, say), at
+        most ``timeout`` seconds; ClusterClosedError if it is not."""
+        self._session.wait_open(timeout)
 
     # --- submitting ------------------------------------------------------------------
     def _new_key(self, fn: Any) -> str:
@@ -350,23 +204,13 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             key = self._new_key(fn)
         elif not fresh:
             recipe = task_recipe(fn_payload, args_payload)
-            existing = self._futures.get(key)
-            if existing is not None:
-                if existing._recipe == recipe:
-                    return existing
-                raise KeyConflictError(
-                    f"the key {key!r} already names another computation of this client "
-                    f"({existing!r}); give this one another key, or drop that future first")
         size = fn_payload.nbytes + args_payload.nbytes
         if size > self.config.max_frame_bytes:
             raise FrameTooLargeError.for_size(f"task {key} (its function and arguments)",
                                               size, self.config.max_frame_bytes)
-        fut = Future(key, self)
-        fut._recipe = recipe
-        self._futures[key] = fut
-        self._send([Msg.SUBMIT, key, fn_payload, args_payload, deps, priority, retries,
-                    resources, workers])
-        return fut
+        return self._session.add(key, recipe, [Msg.SUBMIT, key, fn_payload, args_payload,
+                                               deps, priority, retries, resources, workers],
+                                 "submit")
 
     def map(self, fn: Callable, /, *iterables: Iterable, key: str | list | None = None,
             retries: int = 0, priority: int = 0, pure: bool | None = None,
@@ -418,63 +262,6 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
                 values[f.key] = f.result()
         return rebuild(futures, values, skip=errors == "skip")
 
-    def _fetch(self, futures: list[Future], timeout: float | None) -> list:
-        """Fetch large results directly from the workers holding them.
-
-        A worker may die (or drop a value) before we fetch: the scheduler then computes
-        the value again and tells us where it is now, and we fetch it from there.
-        """
-        if self.loop.in_loop_thread():
-            raise RuntimeError("result() of a large value cannot be fetched from a done-"
-                               "callback (it runs on the client's loop); call it elsewhere")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pending = [f for f in futures if isinstance(f._result, Remote)]
-        while pending:
-            batches = _fetch_batches(pending, self.config.max_frame_bytes // 2)
-            requests = [(w, fs, self.loop.run_sync(self._get_data, w, [f.key for f in fs]))
-                        for w, fs in batches]
-            pending = []
-            for worker, batch, request in requests:
-                try:
-                    got = dict(request.result(_remaining(deadline)))
-                except (CommClosedError, OSError, TimeoutError):
-                    got = {}
-                for f in batch:
-                    if f.key in got:
-                        with binding(self):
-                            f._set_value(loads(got[f.key], what=f"result of {f.key}"))
-                    elif f._wait_moved(worker, deadline):
-                        if isinstance(f._result, Remote):
-                            pending.append(f)
-                    else:
-                        raise WorkerLostError(
-                            f"could not fetch {f.key} from worker {worker}, which probably "
-                            f"died, and it was not computed again within {timeout}s")
-        for f in futures:
-            if f._exception is not None:
-                raise f._exception
-        return [f._result for f in futures]
-
-    def _get_data(self, worker: str, keys: list[str]) -> cf.Future:
-        """Loop thread: GET_DATA on a (cached) direct connection to ``worker``."""
-        result: cf.Future = cf.Future()
-        conn_fut = self._workers.get(worker)
-        if conn_fut is None or (conn_fut.done() and (conn_fut.exception() or
-                                                     conn_fut.result().closed)):
-            conn_fut = self._workers[worker] = connect(
-                self.loop, worker, config=self.config, token=self.token, role="client",
-                info={"id": self.id}, handler=self._dispatch, timeout=2.0)
-
-        def connected(f: cf.Future) -> None:
-            if f.exception() is not None:
-                result.set_exception(f.exception())
-                return
-            req = f.result().request(Msg.GET_DATA, keys)
-            req.add_done_callback(lambda r: result.set_exception(r.exception())
-                                  if r.exception() else result.set_result(r.result()))
-        conn_fut.add_done_callback(connected)
-        return result
-
     def scatter(self, data: Any, workers: Iterable[str] | None = None) -> Any:
         """Put local data on workers: a list gives a list of futures, a dict a dict."""
         self._check_open("scatter")
@@ -490,11 +277,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         items = [[k, _fits(dumps(v, oob_threshold=self.config.oob_threshold,
                                  what="scattered data"), k, self.config.max_frame_bytes)]
                  for k, v in zip(keys, values)]
-        futures = []
-        for k, v in zip(keys, values):
-            fut = Future(k, self)
-            self._futures[k] = fut
-            futures.append(fut)
+        futures = [self._session.add(k, None, None, "scatter") for k in keys]
         self._request(Msg.SCATTER, items, list(workers) if workers else None)
         for fut, v in zip(futures, values):
             fut._set_value(v)
@@ -519,7 +302,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         """The stdlib's cancel for ``futures``: the keys cancelled (those that had not
         started). One round trip to the scheduler, which asks the workers concerned."""
         futures = [f for f in futures if not f.done()]
-        if not futures or self._status != "open":
+        if not futures or self.status != "open":
             return set()
         if self.loop.in_loop_thread():
             raise RuntimeError("Future.cancel() cannot wait for the cluster's answer in a "
@@ -590,24 +373,22 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
     def _finish_at_exit(self) -> None:
         """Interpreter exit: wait for the work still wanted, then close. (Not in a
         worker process: its clients belong to tasks that are gone.)"""
-        if self._status == "open" and multiprocessing.parent_process() is None:
-            pending = [f for f in list(self._futures.values()) if not f.done()]
+        if self.status == "open" and multiprocessing.parent_process() is None:
+            pending = [f for f in self._session.snapshot() if not f.done()]
             if pending:
                 cf.wait(pending)
         self.close()
 
     def close(self, timeout: float | None = None) -> None:
         """Disconnect; the cluster releases this client's data. Idempotent."""
-        with self._lock:
-            if self._status == "closed":
-                return
-            self._status = "closed"
+        if not self._session.begin_close():
+            return
         untrack(self)
         try:
             self.loop.run_sync(self._close_on_loop, timeout=timeout or 5)
         except Exception as e:   # loop gone or stuck: its sockets close with it
             log.debug("client close on loop: %s", e)
-        self._fail_pending(f"client {self.id} was closed")
+        self._session.fail_pending(f"client {self.id} was closed")
         if self._own_loop:
             self.loop.close()
 
@@ -615,12 +396,5 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         caller = self.__dict__.get("_caller")
         if caller is not None:
             caller.close()
-        for f in self._workers.values():
-            if f.done() and not f.exception():
-                f.result().close()
-        self._workers.clear()
-        scheduler = getattr(self, "scheduler", None)
-        if scheduler is not None:
-            scheduler.on_close = None
-            scheduler.flush()
-            scheduler.close()
+        self._fetcher.close_on_loop()
+        self._session.close_on_loop()

@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from ..comm.serialize import Payload, dumps
 
-__all__ = ["check_key", "recipe", "FunctionCache", "track_for_exit", "untrack"]
+__all__ = ["check_key", "task_options", "recipe", "FunctionCache", "track_for_exit",
+           "untrack"]
 
 _CACHEABLE = (types.FunctionType, type)
 
@@ -35,6 +36,28 @@ def check_key(key: Any) -> str:
     if not key:
         raise ValueError("key= must be a non-empty string")
     return key
+
+
+def task_options(resources: Any, workers: Any, priority: Any = 0,
+                 retries: Any = 0) -> tuple[dict | None, list | None]:
+    """Check what submit/actor take, here and now: a wrong type sent on would fail at
+    the scheduler, far from the caller, and the future would wait forever."""
+    if resources is not None:
+        if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
+                for k, v in resources.items()):
+            raise TypeError(f"resources= must be a dict of names to amounts, like "
+                            f"{{'GPU': 1}}, not {resources!r}")
+    if workers is not None:
+        workers = [workers] if isinstance(workers, str) else list(workers)
+        if not all(isinstance(w, str) for w in workers):
+            raise TypeError(f"workers= must be worker addresses or names, not {workers!r}")
+    for name, value in (("priority", priority), ("retries", retries)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name}= must be an integer, not {value!r}")
+    if retries < 0:
+        raise ValueError(f"retries= must be 0 or more, not {retries}")
+    return resources or None, workers or None
 
 
 def recipe(fn: Payload, args: Payload) -> bytes:

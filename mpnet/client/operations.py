@@ -23,7 +23,7 @@ class OperationsMixin:
         self._check_open("restart")
 
         def cancel_all() -> None:
-            for fut in list(self._futures.values()):
+            for fut in self._session.snapshot():
                 fut._set_cancelled("the cluster was restarted (client.restart())")
         self.loop.run_sync(cancel_all)
         self._request_op(Msg.RESTART, None, timeout, timeout=timeout + 5)

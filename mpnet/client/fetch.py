@@ -1,0 +1,120 @@
+"""Fetching large results directly from the workers that hold them.
+
+::
+
+    user thread ── fetch(futures) ── group by worker, ≤ max_frame_bytes/2 a batch ──┐
+                                                                                   ▼
+    loop thread ── GET_DATA on a cached direct connection per worker ── reply ── values
+    a worker died first: wait for the scheduler to say where the value is now (or
+    that it failed), and fetch from there
+
+The worker connections belong to the loop thread; user threads only wait on futures.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from typing import Any, Callable
+
+from ..comm.connection import connect
+from ..comm.protocol import Msg
+from ..comm.serialize import loads
+from ..errors import CommClosedError, WorkerLostError
+from .actors import binding
+from .futures import Remote
+
+__all__ = ["Fetcher"]
+
+
+def _batches(futures: list, limit: int) -> list[tuple[str, list]]:
+    """Group fetches by worker, each group's values adding up to at most ``limit`` bytes
+    (one reply is one frame, and a frame over max_frame_bytes would be refused)."""
+    batches: list[tuple[str, list]] = []
+    open_: dict[str, tuple[list, list]] = {}     # worker → (its batch, [bytes in it])
+    for f in futures:
+        worker, nbytes = f._result.worker, f._result.nbytes
+        batch, size = open_.get(worker, (None, [0]))
+        if batch is None or (batch and size[0] + nbytes > limit):
+            batch, size = [], [0]
+            open_[worker] = (batch, size)
+            batches.append((worker, batch))
+        batch.append(f)
+        size[0] += nbytes
+    return batches
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class Fetcher:
+    """``fetch(futures, timeout)`` for one client (``owner``: what handles bind to)."""
+
+    def __init__(self, owner: Any, loop: Any, *, config: Any, token: Any, client_id: str,
+                 dispatch: Callable):
+        self.owner, self.loop, self.config = owner, loop, config
+        self._token, self._id, self._dispatch = token, client_id, dispatch
+        self._workers: dict[str, cf.Future] = {}     # loop thread only
+
+    def fetch(self, futures: list, timeout: float | None) -> list:
+        """The values of ``futures`` (``timeout`` in seconds), fetched where needed.
+
+        A worker may die (or drop a value) before we fetch: the scheduler then computes
+        the value again and tells us where it is now, and we fetch it from there.
+        """
+        if self.loop.in_loop_thread():
+            raise RuntimeError("result() of a large value cannot be fetched from a done-"
+                               "callback (it runs on the client's loop); call it elsewhere")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = [f for f in futures if isinstance(f._result, Remote)]
+        while pending:
+            requests = [(w, fs, self.loop.run_sync(self._get_data, w, [f.key for f in fs]))
+                        for w, fs in _batches(pending, self.config.max_frame_bytes // 2)]
+            pending = []
+            for worker, batch, request in requests:
+                try:
+                    got = dict(request.result(_remaining(deadline)))
+                except (CommClosedError, OSError, TimeoutError):
+                    got = {}
+                for f in batch:
+                    if f.key in got:
+                        with binding(self.owner):
+                            f._set_value(loads(got[f.key], what=f"result of {f.key}"))
+                    elif f._wait_moved(worker, deadline):
+                        if isinstance(f._result, Remote):
+                            pending.append(f)
+                    else:
+                        raise WorkerLostError(
+                            f"could not fetch {f.key} from worker {worker}, which probably "
+                            f"died, and it was not computed again within {timeout}s")
+        for f in futures:
+            if f._exception is not None:
+                raise f._exception
+        return [f._result for f in futures]
+
+    def _get_data(self, worker: str, keys: list[str]) -> cf.Future:
+        """Loop thread: GET_DATA on a (cached) direct connection to ``worker``."""
+        result: cf.Future = cf.Future()
+        conn_fut = self._workers.get(worker)
+        if conn_fut is None or (conn_fut.done() and (conn_fut.exception() or
+                                                     conn_fut.result().closed)):
+            conn_fut = self._workers[worker] = connect(
+                self.loop, worker, config=self.config, token=self._token, role="client",
+                info={"id": self._id}, handler=self._dispatch, timeout=2.0)
+
+        def connected(f: cf.Future) -> None:
+            if f.exception() is not None:
+                result.set_exception(f.exception())
+                return
+            req = f.result().request(Msg.GET_DATA, keys)
+            req.add_done_callback(lambda r: result.set_exception(r.exception())
+                                  if r.exception() else result.set_result(r.result()))
+        conn_fut.add_done_callback(connected)
+        return result
+
+    def close_on_loop(self) -> None:
+        for f in self._workers.values():
+            if f.done() and not f.exception():
+                f.result().close()
+        self._workers.clear()
