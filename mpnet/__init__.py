@@ -6,7 +6,8 @@ __version__ = "0.1.0"
 
 from .client.actors import ActorFuture, ActorHandle
 from .client.client import Client
-from .client.futures import Future, as_completed, wait
+from .client.futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future,
+                             as_completed, wait)
 from .config import Config
 from .deploy.local import LocalCluster
 from .diagnostics.progress import progress
@@ -32,7 +33,7 @@ def get_actor(name: str, client: Client | None = None, timeout: float | None = N
 
 __all__ = [
     "Client", "Future", "LocalCluster", "Scheduler", "Worker", "Nanny", "Config",
-    "wait", "as_completed", "progress", "SchedulerPlugin", "WorkerPlugin", "NannyPlugin",
+    "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED", "progress", "SchedulerPlugin", "WorkerPlugin", "NannyPlugin",
     "ActorHandle", "ActorFuture", "get_actor", "get_actor_context", "get_client",
     "get_worker", "UnsatisfiableError", "KeyConflictError",
     "MpnetError", "ProtocolError", "AuthenticationError", "CommClosedError",

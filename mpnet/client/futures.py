@@ -17,12 +17,9 @@ import queue
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 from ..errors import CancelledError
-
-if TYPE_CHECKING:
-    from .client import Client
 
 __all__ = ["BaseFuture", "Future", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION",
            "ALL_COMPLETED"]
@@ -30,6 +27,14 @@ __all__ = ["BaseFuture", "Future", "wait", "as_completed", "FIRST_COMPLETED", "F
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
 ALL_COMPLETED = cf.ALL_COMPLETED
+
+
+class Owner(Protocol):
+    """What a future needs of the client that made it (and all it may call)."""
+
+    def _fetch(self, futures: list, timeout: float | None) -> list: ...
+    def _release(self, key: str) -> None: ...
+    def _try_cancel(self, futures: list) -> set: ...
 
 
 class Remote:
@@ -69,7 +74,7 @@ class Future(BaseFuture):
 
     _recipe: bytes | None = None   # digest of fn and args, for a key the user chose
 
-    def __init__(self, key: str, client: "Client"):
+    def __init__(self, key: str, client: Owner):
         super().__init__()
         self.key = key
         self.client = client
@@ -137,6 +142,21 @@ class Future(BaseFuture):
             return False
         return self.key in self.client._try_cancel([self])
 
+    def running(self) -> bool:
+        """False: whether a task has started is known on its worker only (asking would
+        cost a message per task); :meth:`cancel` asks when it matters. Not the stdlib's,
+        whose futures are RUNNING from start to end."""
+        return super().running()
+
+    def set_result(self, result: Any) -> None:
+        raise RuntimeError(f"the cluster sets the result of {self.key}; a future of a "
+                           "task cannot be completed by hand (make a "
+                           "concurrent.futures.Future for that)")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        raise RuntimeError(f"the cluster sets the exception of {self.key}; a future of a "
+                           "task cannot be failed by hand (client.cancel() drops it)")
+
     def release(self) -> None:
         """Tell the cluster this client no longer needs the result."""
         self.client._release(self.key)
@@ -156,8 +176,7 @@ class Future(BaseFuture):
                 self._result = value          # a fetched or recomputed value: keep it
                 self._condition.notify_all()  # a fetch waiting for the new place wakes
                 return
-        if not self.done():
-            self.set_result(value)
+        _complete(cf.Future.set_result, self, value)
 
     def _set_error(self, exc: BaseException) -> None:
         with self._condition:
@@ -166,8 +185,7 @@ class Future(BaseFuture):
                 self._result, self._exception = None, exc
                 self._condition.notify_all()
                 return
-        if not self.done():
-            self.set_exception(exc)
+        _complete(cf.Future.set_exception, self, exc)
 
     def _set_lost(self, exc: BaseException) -> None:
         """Its data is gone from the cluster for good: fail it even if it is finished
@@ -177,8 +195,7 @@ class Future(BaseFuture):
                 self._result, self._exception = None, exc
                 self._condition.notify_all()
                 return
-        if not self.done():
-            self.set_exception(exc)
+        _complete(cf.Future.set_exception, self, exc)
 
     def _wait_moved(self, worker: str, deadline: float | None) -> bool:
         """After a failed fetch from ``worker``: wait (until ``deadline``) for the
@@ -205,6 +222,16 @@ class Future(BaseFuture):
             self.set_running_or_notify_cancel()
 
 
+def _complete(setter: Any, fut: cf.Future, value: Any) -> None:
+    """Complete ``fut`` unless it is done: the loop thread, a fetching thread and a
+    closing thread may race to it, and the first one wins."""
+    if not fut.done():
+        try:
+            setter(fut, value)
+        except cf.InvalidStateError:
+            pass
+
+
 def wait(fs: Iterable[cf.Future], timeout: float | None = None,
          return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:
     """``concurrent.futures.wait`` for mpnet futures (also accepts dask's names)."""
@@ -215,23 +242,28 @@ class as_completed(Iterator):
     """Yield futures as they finish; ``add()`` more while iterating.
 
     ``with_results=True`` yields ``(future, result)`` pairs (fetching large results).
-    ``timeout`` (seconds) bounds the whole iteration, as in ``concurrent.futures``.
+    ``timeout`` (seconds) bounds the whole iteration, as in ``concurrent.futures``: past
+    it, ``TimeoutError("N (of M) futures unfinished")``. A future given twice to the
+    constructor is yielded once (the stdlib's rule); each ``add()`` yields it once more
+    (dask's).
     """
 
     def __init__(self, fs: Iterable[cf.Future] = (), *, with_results: bool = False,
                  timeout: float | None = None):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
+        self._total = 0
         self._held: set[cf.Future] = set()   # keeps unfinished futures (and their tasks) alive
         self._lock = threading.Lock()
         self.with_results = with_results
         self._deadline = None if timeout is None else timeout + _now()
-        for f in fs:
+        for f in dict.fromkeys(fs):            # once each, in the order given
             self.add(f)
 
     def add(self, future: cf.Future) -> None:
         with self._lock:
             self._pending += 1
+            self._total += 1
             self._held.add(future)
         future.add_done_callback(self._queue.put)
 
@@ -256,7 +288,7 @@ class as_completed(Iterator):
         try:
             future = self._queue.get(timeout=timeout)
         except queue.Empty:
-            raise TimeoutError(f"{self._pending} futures unfinished after the timeout") from None
+            raise TimeoutError(f"{self._pending} (of {self._total}) futures unfinished") from None
         with self._lock:
             self._pending -= 1
             self._held.discard(future)

@@ -8,15 +8,22 @@ import functools
 import inspect
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from ..comm.serialize import loads, loads_exception
 from .futures import Future
 
-if TYPE_CHECKING:
-    from .client import Client
-
 __all__ = ["ClientExecutor", "bind", "unwrap", "flatten", "rebuild"]
+
+
+class Submitter(Protocol):
+    """What the executor needs of a client."""
+
+    loop: Any
+    status: str
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future: ...
+    def _try_cancel(self, futures: list) -> set: ...
 
 
 class ClientExecutor(cf.Executor):
@@ -26,7 +33,7 @@ class ClientExecutor(cf.Executor):
     submitted and forgotten still runs), and nothing after: not the callable, not the
     result."""
 
-    def __init__(self, client: "Client", **submit_kwargs: Any):
+    def __init__(self, client: Submitter, **submit_kwargs: Any):
         self.client = client
         self._kwargs = submit_kwargs
         self._pending: set[Future] = set()
@@ -37,6 +44,9 @@ class ClientExecutor(cf.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+        if self.client.status == "closed":   # the Executor's contract: RuntimeError
+            raise RuntimeError("cannot schedule new futures after shutdown: the client "
+                               "is closed (at interpreter exit, or by close())")
         if _SUBMIT_OPTIONS.isdisjoint(kwargs):
             fut = self.client.submit(fn, *args, **kwargs, **self._kwargs)
         else:     # the callable's own keywords look like submit's options: bind them
