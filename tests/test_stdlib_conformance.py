@@ -374,3 +374,17 @@ def test_executor_of_a_closed_client_refuses_with_runtime_error(cluster):
         assert ex.submit(inc, 1).result(timeout=10) == 2
     with pytest.raises(RuntimeError, match="after shutdown"):
         ex.submit(inc, 1)
+
+
+def test_shutdown_cancel_futures_right_after_submitting(client, gate):
+    """As with a stdlib pool: work a free thread took at once has started (and runs);
+    the rest is cancelled, even when shutdown comes before any task began."""
+    name = gate()
+    ex = client.get_executor()
+    futures = [ex.submit(hold, name, i) for i in range(10)]
+    ex.shutdown(wait=False, cancel_futures=True)
+    cancelled = [f for f in futures if f.cancelled()]
+    others = [f for f in futures if not f.cancelled()]
+    assert len(others) == 1 and len(cancelled) == 9       # one worker thread
+    GATES[name].set()
+    assert others[0].result(timeout=10) == 0

@@ -58,10 +58,12 @@ class Executor:
             for t in self._threads:
                 t.start()
 
-    def submit(self, job: Callable[[], None], priority: Any = 0, key: str = "") -> None:
+    def submit(self, job: Callable[[], None], priority: Any = 0, key: str = "") -> bool:
         """Queue ``job`` (the task ``key``); lower ``priority`` values (as the scheduler
-        sends them) run first."""
+        sends them) run first. True if a thread was free to take it at once."""
+        free = self.executing + self._queue.qsize() < self.nthreads
         self._queue.put((priority, next(self._arrival), job, key))
+        return free
 
     def set_paused(self, paused: bool) -> None:
         """While paused (memory pressure), threads start no new job."""

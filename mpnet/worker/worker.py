@@ -50,7 +50,8 @@ _FN_CACHE_SIZE = 512
 
 
 class _Task:
-    __slots__ = ("key", "fn", "args", "deps", "priority", "missing", "gate", "stopped")
+    __slots__ = ("key", "fn", "args", "deps", "priority", "missing", "gate", "stopped",
+                 "claimed")
 
     def __init__(self, key: str, fn: Payload, args: Payload, deps: list[str], priority: list):
         self.key, self.fn, self.args, self.deps = key, fn, args, deps
@@ -60,9 +61,14 @@ class _Task:
         # the loop thread (it never will). list.pop is atomic: no lock on the hot path.
         self.gate = [True]
         self.stopped = False       # the loop thread took the gate
+        # Handed to a free thread: it starts now, as in a stdlib pool, where a free
+        # thread takes new work at once (the thread may not have popped the gate yet).
+        self.claimed = False
 
     def stop(self) -> bool:
         """Loop thread: True if the task has not started and now never will."""
+        if self.claimed:
+            return False
         if not self.stopped:
             try:
                 self.gate.pop()
@@ -416,7 +422,8 @@ class Worker(Transfer):
 
     def _run_task(self, task: _Task) -> None:
         self._transition(task.key, "waiting", "ready")
-        self.executor.submit(lambda: self._execute(task), task.priority, task.key)
+        task.claimed = self.executor.submit(lambda: self._execute(task), task.priority,
+                                            task.key)
 
     def _function(self, fn: Payload) -> Any:
         func = self._functions.get(fn.header)
