@@ -67,8 +67,6 @@ class _Task:
 
     def stop(self) -> bool:
         """Loop thread: True if the task has not started and now never will."""
-        if self.claimed:
-            return False
         if not self.stopped:
             try:
                 self.gate.pop()
@@ -503,7 +501,8 @@ class Worker(Transfer):
         stopped = []
         for key in keys:
             task = self.tasks.get(key)
-            if task is not None and task.stop():
+            # (a task a free thread was handed has started, for Future.cancel)
+            if task is not None and not task.claimed and task.stop():
                 stopped.append(key)
         conn.reply(req_id, True, stopped)
 
