@@ -52,11 +52,11 @@ class MonitoringMixin:
 
     def _repr_html_(self) -> str:
         try:
-            snap = self.get_status(events=0, timeout=2) if self._status == "open" else None
+            snap = self.get_status(events=0, timeout=2) if self.status == "open" else None
         except Exception:        # a notebook repr must never raise
             snap = None
         return cluster_html(f"Client {escape(self.id)}", self.scheduler_address,
-                            self._status, snap)
+                            self.status, snap)
 
 
 def _bytes(n: float) -> str:
