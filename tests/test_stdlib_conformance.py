@@ -389,3 +389,17 @@ def test_shutdown_cancel_futures_right_after_submitting():
             others = [f for f in futures if not f.cancelled()]
             assert 1 <= len(others) <= 10
             assert all(f.done() and f.exception() is None for f in others)
+
+
+def test_as_completed_with_results_raise_errors_and_batches(client):
+    good, bad = client.submit(inc, 1), client.submit(fail_on, 3, 3)
+    with pytest.raises(ZeroDivisionError):
+        dict(mpnet.as_completed([good, bad], with_results=True, timeout=10))
+    got = dict(mpnet.as_completed([good, bad], with_results=True, raise_errors=False,
+                                  timeout=10))
+    assert got[good] == 2 and isinstance(got[bad], ZeroDivisionError)
+    futures = [client.submit(inc, i) for i in range(5)]
+    cf.wait(futures, timeout=10)
+    batches = list(mpnet.as_completed(futures).batches())
+    flat = [f for b in batches for f in b]
+    assert len(flat) == 5 and set(flat) == set(futures) and all(batches)

@@ -241,21 +241,24 @@ def wait(fs: Iterable[cf.Future], timeout: float | None = None,
 class as_completed(Iterator):
     """Yield futures as they finish; ``add()`` more while iterating.
 
-    ``with_results=True`` yields ``(future, result)`` pairs (fetching large results).
-    ``timeout`` (seconds) bounds the whole iteration, as in ``concurrent.futures``: past
-    it, ``TimeoutError("N (of M) futures unfinished")``. A future given twice to the
-    constructor is yielded once (the stdlib's rule); each ``add()`` yields it once more
-    (dask's).
+    ``with_results=True`` yields ``(future, result)`` pairs (fetching large results);
+    a failed future raises there, or with ``raise_errors=False`` yields
+    ``(future, exception)``. ``timeout`` (seconds) bounds the whole iteration, as in
+    ``concurrent.futures``: past it, ``TimeoutError("N (of M) futures unfinished")``.
+    A future given twice to the constructor is yielded once (the stdlib's rule); each
+    ``add()`` yields it once more (dask's). ``batches()`` yields lists of what is done.
     """
 
     def __init__(self, fs: Iterable[cf.Future] = (), *, with_results: bool = False,
-                 timeout: float | None = None):
+                 raise_errors: bool = True, timeout: float | None = None):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
         self._total = 0
-        self._held: set[cf.Future] = set()   # keeps unfinished futures (and their tasks) alive
+        # keeps unfinished futures (and so their tasks) alive: future → times added
+        self._held: dict[cf.Future, int] = {}
         self._lock = threading.Lock()
         self.with_results = with_results
+        self.raise_errors = raise_errors
         self._deadline = None if timeout is None else timeout + _now()
         for f in dict.fromkeys(fs):            # once each, in the order given
             self.add(f)
@@ -264,7 +267,7 @@ class as_completed(Iterator):
         with self._lock:
             self._pending += 1
             self._total += 1
-            self._held.add(future)
+            self._held[future] = self._held.get(future, 0) + 1
         future.add_done_callback(self._queue.put)
 
     def update(self, futures: Iterable[cf.Future]) -> None:
@@ -281,20 +284,43 @@ class as_completed(Iterator):
         return self
 
     def __next__(self) -> Any:
+        return self._next(block=True)
+
+    def _next(self, block: bool) -> Any:
         with self._lock:
             if self._pending == 0:
                 raise StopIteration
         timeout = None if self._deadline is None else max(0.0, self._deadline - _now())
         try:
-            future = self._queue.get(timeout=timeout)
+            future = self._queue.get(block=block, timeout=timeout if block else None)
         except queue.Empty:
+            if not block:
+                raise
             raise TimeoutError(f"{self._pending} (of {self._total}) futures unfinished") from None
         with self._lock:
             self._pending -= 1
-            self._held.discard(future)
+            left = self._held.pop(future, 1) - 1
+            if left:
+                self._held[future] = left
         if self.with_results:
+            if not self.raise_errors and not future.cancelled() and future.exception():
+                return future, future.exception()
             return future, future.result()
         return future
+
+    def next_batch(self, block: bool = True) -> list:
+        """What is done now (waiting for at least one if ``block``)."""
+        batch = [self._next(block)] if block else []
+        while True:
+            try:
+                batch.append(self._next(block=False))
+            except (queue.Empty, StopIteration):
+                return batch
+
+    def batches(self) -> Iterator[list]:
+        """Yield lists of finished futures: all that are done at each step (dask's)."""
+        while not self.is_empty():
+            yield self.next_batch(block=True)
 
 
 _now = time.monotonic
