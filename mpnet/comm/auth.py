@@ -52,7 +52,9 @@ def new_token() -> str:
 
 
 def token_file_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):    # unset, empty or relative: the XDG spec says ignore it
+        base = os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "mpnet" / "token"
 
 
@@ -112,16 +114,25 @@ def read_token_file(path: str | os.PathLike, *, create: bool = False) -> str:
     if create and not path.exists():
         _create_token_file(path)
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read(64 * 1024)
+        # O_NONBLOCK: opening a FIFO (or a device) put where the token belongs would
+        # otherwise block until someone writes to it; we refuse anything but a file.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise
     except OSError as e:
         raise TokenFileError(f"cannot read the token file {path}: {e.strerror}. Fix its "
                              f"permissions (chmod 600 {path}) or point at another with "
                              f"--token-file / MPNET_TOKEN") from None
-    check_private(path, st, what="token file")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise TokenFileError(f"the token file {path} is not a regular file: write the "
+                                 f"token into a plain file (mode 0600) or point at one "
+                                 f"with --token-file / MPNET_TOKEN")
+        check_private(path, st, what="token file")
+        data = os.read(fd, 64 * 1024)
+    finally:
+        os.close(fd)
     try:
         token = data.decode().strip()
     except UnicodeDecodeError:

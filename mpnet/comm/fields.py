@@ -92,6 +92,13 @@ WORKER_INFO = record(
     {"address": STR, "nthreads": nonneg(INT)},
     {"name": opt(STR), "pid": nonneg(INT), "nanny": opt(STR), "resources": AMOUNTS,
      "memory_limit": nonneg(INT), "versions": dict_of(STR, ANY)})
+# What a worker's heartbeat says (mpnet.worker.worker.Worker.metrics): the status view,
+# /metrics and the monitor's rates do arithmetic on these, so a wrong type parked here
+# would break them for everyone until the next good heartbeat.
+HEARTBEAT_METRICS = record({}, {
+    "memory": nonneg(INT), "cpu": nonneg(NUM), "paused": BOOL, "executing": nonneg(INT),
+    "ready": nonneg(INT), "stored": nonneg(INT), "nbytes": nonneg(INT), "time": NUM,
+    "actors": dict_of(STR, pair(nonneg(INT), nonneg(INT)))})
 ACTOR_OPTIONS = record({}, {
     "max_restarts": INT, "max_task_retries": INT, "max_concurrency": nonneg(INT),
     "resources": opt(AMOUNTS), "workers": opt(KEYS), "lifetime": opt(STR),
@@ -139,7 +146,7 @@ FIELDS: dict[int, tuple[Check, ...]] = {
     Msg.TASK_FINISHED: (STR, opt(PAYLOAD), nonneg(INT)),
     Msg.TASK_FAILED: (STR, ANY, STR),
     Msg.MISSING_DATA: (STR, STR, STR),
-    Msg.HEARTBEAT: (dict_of(STR, ANY),),
+    Msg.HEARTBEAT: (HEARTBEAT_METRICS,),
     Msg.GOODBYE: (STR,),
     Msg.REGISTER_NANNY: (INT, record({"address": STR})),
     Msg.WORKER_EXITED: (STR, opt(INT), opt(INT), STR, BOOL, opt(KEYS)),

@@ -43,6 +43,10 @@ __all__ = ["Nanny", "close_all"]
 
 log = logging.getLogger("mpnet.nanny")
 
+# Nobody has anything to tell a nanny on its own port: its orders (CLOSE_WORKER,
+# RESTART_WORKER, PLUGIN, LOGS) come only on its link to the scheduler.
+_refuse_peer = Dispatcher("nanny (on its listening port)", {})
+
 
 
 def _mib(n: int) -> str:
@@ -148,7 +152,7 @@ class Nanny:
         try:
             self.listener = listen_on_any(self.port, lambda port: Listener(
                 self.loop, self.host, port, config=self.config, token=self.token,
-                role="nanny", info={}, handler=self._dispatch,
+                role="nanny", info={}, handler=_refuse_peer,
                 scheme=address_scheme(self.scheduler_address) or None))
             self.address = self.listener.address_at(
                 advertised_host(self.host, self.scheduler_address))

@@ -197,8 +197,13 @@ class Actors:
         if actor is None:
             return
         actor.holders.discard(holder)
-        if not actor.holders and actor.options.get("lifetime") != "detached":
+        if actor.holders:
+            return
+        if actor.options.get("lifetime") != "detached":
             self.kill_actor(key, "released: no handle to it was left")
+        # Nobody can ask about it any more: a dead actor's record (its class and
+        # arguments, which may be large) must not stay for the scheduler's lifetime.
+        self.forget_dead_actor(key)
 
     def release_actors_of(self, holder: ClientState) -> None:
         for key in [a.key for a in self.actors.values() if holder in a.holders]:

@@ -364,6 +364,12 @@ class Scheduler:
     # the state machine answers whichever record the connection belongs to.
     def _create_actor(self, conn: Connection, key: str, name: str | None, cls: Any,
                       args: Any, options: dict) -> None:
+        if (cls is None) != (args is None):
+            # The class travels with its arguments (a new actor) or neither does (one
+            # more handle): half of it would reach the worker as a HOST_ACTOR it must
+            # refuse, and the worker would lose its scheduler link over it.
+            raise ProtocolError(f"CREATE_ACTOR from {conn.peer} carries a class without "
+                                "its arguments, or arguments without a class")
         self.state.create_actor(conn.owner_data, key, name, cls, args, options)
 
     def _create_named_actor(self, conn: Connection, req_id: int, key: str, name: str,

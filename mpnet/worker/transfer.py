@@ -35,6 +35,7 @@ class Transfer:
         _borrowed: dict
         _fetching: dict
         _peers: dict
+        _dispatch_peer: Any
 
     def _fetch(self, holder: str, keys: list[str]) -> None:
         peer = self._peer(holder)
@@ -126,7 +127,7 @@ class Transfer:
         if peer is None or (peer.done() and (peer.exception() or peer.result().closed)):
             peer = self._peers[address] = connect(
                 self.loop, address, config=self.config, token=self.token, role="worker",
-                info={"address": self.address}, handler=self._dispatch, timeout=2.0)
+                info={"address": self.address}, handler=self._dispatch_peer, timeout=2.0)
         return peer
 
     def _get_data(self, conn: Connection, req_id: int, keys: list) -> None:

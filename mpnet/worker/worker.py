@@ -167,6 +167,13 @@ class Worker(Transfer):
             Msg.ACTOR_CALL: self.actor_host_call,
             Msg.LOGS: lambda conn, req_id, n: conn.reply(req_id, True, logring.lines(n)),
         })
+        # Peers (other workers, clients, actor callers) reach us through the listener, and
+        # answer on our own fetch connections: there only what a peer may ask is served.
+        # Orders (COMPUTE, FREE, CLOSE_WORKER, PLUGIN...) come on self.scheduler alone.
+        self._peer_handlers = Dispatcher("worker (from a peer)", {
+            Msg.GET_DATA: self._get_data,
+            Msg.ACTOR_CALL: self.actor_host_call,
+        })
         self.actor_host = ActorHost(self)
         self._actor_caller: Any = None
         self.actor_calls: dict[str, int] = {}     # actor key → calls received (heartbeat)
@@ -184,7 +191,7 @@ class Worker(Transfer):
         try:
             self.listener = listen_on_any(self.port, lambda port: Listener(
                 self.loop, self.host, port, config=self.config, token=self.token,
-                role="worker", info={}, handler=self._dispatch,
+                role="worker", info={}, handler=self._dispatch_peer,
                 scheme=address_scheme(self.scheduler_address) or None))
             shown = advertised_host(self.host, self.scheduler_address)
             self.address = self.contact_address or self.listener.address_at(shown)
@@ -390,6 +397,9 @@ class Worker(Transfer):
     # --- dispatch ------------------------------------------------------------------
     def _dispatch(self, conn: Connection, msg: list) -> None:
         self._handlers(conn, msg)
+
+    def _dispatch_peer(self, conn: Connection, msg: list) -> None:
+        self._peer_handlers(conn, msg)
 
     # --- computing -----------------------------------------------------------------
     def _compute(self, conn: Connection, key: str, fn: Payload, args: Payload,
