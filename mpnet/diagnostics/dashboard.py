@@ -7,16 +7,25 @@
                                     built on the scheduler's loop ──► HTML / text / JSON
 
 Read-only: only GET and HEAD, no query changes anything, and nothing served holds the
-token. One named thread, joined at close; each request has a socket timeout, so a slow
-client delays the others by at most that long.
+token. One named thread accepts; each request runs in a thread of its own
+(``mpnet-dashboard-request``, at most ``_MAX_REQUESTS`` at once, every one joined at
+close), which must receive the whole request head within ``_REQUEST_TIMEOUT`` seconds in
+all, however slowly it trickles in: a client that sends a byte at a time (slowloris) or
+sends nothing is dropped then, and meanwhile others are served. At the cap, a new
+connection takes the place of the oldest one still sending its head (a real client
+sends its head at once; only slow or stalled ones are ever waiting there), so a flood
+of stalled connections cannot keep a browser or Prometheus out.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -31,12 +40,78 @@ __all__ = ["Dashboard", "DEFAULT_PORT"]
 log = logging.getLogger("mpnet.dashboard")
 
 DEFAULT_PORT = 8787
-_REQUEST_TIMEOUT = 5.0       # seconds a client may take to send its request
+_REQUEST_TIMEOUT = 5.0       # seconds a client may take to send its whole request head
+_MAX_REQUESTS = 32           # requests served at once; more connections are closed
+_MAX_HEAD = 64 * 1024        # bytes of request line and headers
 
 
 class _Server(HTTPServer):
+    """An HTTPServer that serves each request in a named, counted, joined thread."""
+
     allow_reuse_address = True
+    request_queue_size = 128     # the stdlib's 5 drops connections in a burst
     dashboard: "Dashboard"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        # _requests_lock guards both: the threads serving, and the sockets of those
+        # still reading their head (oldest first), which a newcomer may evict.
+        self._requests: set[threading.Thread] = set()
+        self._heads: dict[socket.socket, None] = {}
+        self._requests_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._requests_lock:
+            busy = len(self._requests) >= _MAX_REQUESTS
+            if busy and self._heads:
+                # Evict the oldest connection still sending its head: its thread's recv
+                # returns at once and the thread ends. Under the lock, so that the
+                # handler cannot close that socket meanwhile (it leaves _heads first).
+                victim = next(iter(self._heads))
+                del self._heads[victim]
+                try:
+                    victim.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                busy = False
+            if not busy:
+                thread = threading.Thread(target=self._serve_one, args=(request, client_address),
+                                          name="mpnet-dashboard-request", daemon=True)
+                self._requests.add(thread)
+        if busy:    # every slot is answering a request: those end within their timeout
+            log.debug("dashboard busy (%d requests): dropped %s", _MAX_REQUESTS,
+                      client_address)
+            self.shutdown_request(request)
+            return
+        thread.start()
+
+    def reading_head(self, sock: socket.socket, reading: bool) -> None:
+        with self._requests_lock:
+            if reading:
+                self._heads[sock] = None
+            else:
+                self._heads.pop(sock, None)
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self._requests_lock:
+                self._requests.discard(threading.current_thread())
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up mid-answer, or sent garbage: nothing to print on stderr.
+        log.debug("dashboard request from %s failed", client_address, exc_info=True)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._requests_lock:
+            threads = list(self._requests)
+        for thread in threads:       # each ends within its deadline
+            thread.join(2 * _REQUEST_TIMEOUT)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -44,6 +119,33 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = _REQUEST_TIMEOUT
     server_version = "mpnet-dashboard"
     protocol_version = "HTTP/1.0"
+
+    def setup(self) -> None:
+        # Read the whole head here under one deadline: the stdlib reads line by line
+        # with a timeout per read, which a client sending a byte every few seconds
+        # never trips. The handler then parses it from memory.
+        super().setup()
+        deadline = time.monotonic() + _REQUEST_TIMEOUT
+        head = bytearray()
+        self.server.reading_head(self.connection, True)
+        try:
+            while (b"\r\n\r\n" not in head and b"\n\n" not in head
+                   and len(head) <= _MAX_HEAD):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.connection.settimeout(left)
+                try:
+                    chunk = self.connection.recv(4096)
+                except OSError:     # timed out, reset, or evicted by a newcomer
+                    break
+                if not chunk:
+                    break
+                head += chunk
+        finally:
+            self.server.reading_head(self.connection, False)
+        self.connection.settimeout(max(0.5, deadline - time.monotonic() + _REQUEST_TIMEOUT))
+        self.rfile = io.BytesIO(bytes(head))
 
     def do_GET(self) -> None:
         self._serve(body=True)
