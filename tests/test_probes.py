@@ -210,3 +210,30 @@ def test_a_nanny_takes_no_orders_on_its_own_port(sched, raw):
         wait_for(lambda: conn.closed, timeout=10, what="the nanny to drop the connection")
         assert set(sched.state.workers) == workers
         assert n.pid == pid
+
+
+# --- sockets left to the garbage collector -------------------------------------------
+
+def test_a_dial_still_in_its_handshake_is_closed_with_its_loop():
+    # A worker or client that gives up while a dial is still in its handshake (a server
+    # that accepted but never spoke, such as an impostor on a freed port) closed its loop
+    # and left that socket open for the GC (a ResourceWarning, a descriptor held).
+    import socket as socketlib
+    from mpnet.comm.connection import connect
+    silent = socketlib.create_server(("127.0.0.1", 0))
+    loop = EventLoop("test-dial-loop").start()
+    try:
+        fut = connect(loop, f"tcp://127.0.0.1:{silent.getsockname()[1]}", config=make_config(),
+                      token=TOKEN, role="client", info={}, handler=lambda c, m: None)
+        peer, _ = silent.accept()
+        socks = wait_for(lambda: [k.fileobj for k in loop._selector.get_map().values()
+                                  if k.fileobj is not loop._wake_r], timeout=5,
+                         what="the dial to be registered")
+        assert not fut.done()
+    finally:
+        loop.close()
+        silent.close()
+    try:
+        assert all(s.fileno() == -1 for s in socks), "the loop left a dial's socket open"
+    finally:
+        peer.close()

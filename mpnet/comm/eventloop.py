@@ -104,6 +104,15 @@ class EventLoop:
                 log.error("loop thread %s did not stop within %.1fs", self.name, timeout)
 
     def _free(self) -> None:
+        # The loop owns every socket registered with it. One that nobody closed by now
+        # (a connection still in its handshake when its owner gave up: a dial whose
+        # caller stopped waiting) would otherwise be left open for the GC to find.
+        for key in list(self._selector.get_map().values()):
+            if key.fileobj is not self._wake_r:
+                try:
+                    key.fileobj.close()
+                except OSError:
+                    pass
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
