@@ -33,6 +33,7 @@ from .addressing import address_scheme, format_address, parse_address
 from .auth import Handshake
 from .eventloop import EventLoop
 from .protocol import FrameDecoder, FrameEncoder, Msg, decode_handshake, encode_handshake
+from .serialize import dumps_exception
 
 __all__ = ["Connection", "Listener", "connect", "connect_sync", "listen_on_any"]
 
@@ -49,6 +50,9 @@ _ACCEPT_PAUSE = 0.25
 _ACCEPT_LOG_EVERY = 10.0
 #: Seconds of refused connects before ``connect(on_waiting=)`` says it is still trying.
 WAITING_NOTICE = 1.0
+# Starts the error text of a REPLY whose value was over max_frame_bytes: the asker raises
+# FrameTooLargeError (and may ask for less), not a generic error.
+_TOO_LARGE = "FrameTooLargeError: "
 
 
 class Connection:
@@ -72,6 +76,9 @@ class Connection:
         self.peer_role = ""
         self.peer_info: dict = {}
         self.owner_data: Any = None       # whatever the owner attaches (worker state...)
+        # The owner's say on a message over max_frame_bytes that nobody waits on by id
+        # (a scheduler's COMPUTE): ``on_too_large(conn, msg, error)`` on the loop.
+        self.on_too_large: Callable[["Connection", list, FrameTooLargeError], None] | None = None
         self._hs = Handshake(server=server, token=token, role=role, info=info, address=peer)
         self._hsbuf = bytearray()
         self._decoder = FrameDecoder(config.max_frame_bytes, config.oob_threshold)
@@ -155,11 +162,26 @@ class Connection:
             err = FrameTooLargeError.for_size(f"a {Msg(msg[0]).name} message to {self.peer}",
                                               size, limit)
             log.error("%s", err)
-            if msg[0] == Msg.REPLY:            # the asker gets the error instead
-                pieces.extend(self._encoder.encode([[Msg.REPLY, msg[1], False, str(err)]]))
-            elif len(msg) > 1 and type(msg[1]) is int and msg[1] in self._pending:
-                self._pending.pop(msg[1]).set_exception(err)
+            pieces.extend(self._too_large(msg, err))
         return pieces
+
+    def _too_large(self, msg: list, err: FrameTooLargeError) -> list:
+        """Whoever waits on ``msg``, which cannot be sent, gets ``err`` instead: the frame
+        pieces to send in its place (if any). An answer that never came would hang them."""
+        kind = msg[0]
+        if kind == Msg.REPLY:                  # the asker gets the error instead
+            return self._encoder.encode([[Msg.REPLY, msg[1], False, _TOO_LARGE + str(err)]])
+        if kind == Msg.ACTOR_RESULT:           # the caller's call fails with it
+            exc, tb = dumps_exception(err)
+            return self._encoder.encode([[Msg.ACTOR_RESULT, msg[1], False, exc, tb]])
+        if kind == Msg.ACTOR_CALL:             # answer our own caller, as the host would
+            exc, tb = dumps_exception(err)
+            self.loop.call_soon(self._deliver, [[Msg.ACTOR_RESULT, msg[1], False, exc, tb]])
+        elif len(msg) > 1 and type(msg[1]) is int and msg[1] in self._pending:
+            self._pending.pop(msg[1]).set_exception(err)
+        elif self.on_too_large is not None:
+            self.on_too_large(self, msg, err)
+        return []
 
     def _send_raw(self, data: bytes) -> None:
         self._write([data])
@@ -276,6 +298,8 @@ class Connection:
             return
         if msg[2]:
             fut.set_result(msg[3])
+        elif type(msg[3]) is str and msg[3].startswith(_TOO_LARGE):
+            fut.set_exception(FrameTooLargeError(f"{self.peer}: {msg[3][len(_TOO_LARGE):]}"))
         else:
             fut.set_exception(msg[3] if isinstance(msg[3], BaseException)
                               else MpnetError(f"{self.peer}: {msg[3]}"))

@@ -514,6 +514,7 @@ class Scheduler:
                                          "memory_limit": info.get("memory_limit", 0)},
                                    link=conn)
         conn.owner_data = ws
+        conn.on_too_large = self._too_large_for_worker
         for name, payload in self.worker_plugins.items():   # before any task reaches it
             conn.send([Msg.PLUGIN, name, payload])
         conn.reply(req_id, True, {"id": self.id, "address": self.address})
@@ -525,6 +526,20 @@ class Scheduler:
         if table:
             log.warning("worker %s runs different software than the scheduler:\n%s",
                         address, table)
+
+    def _too_large_for_worker(self, conn: Connection, msg: list, err: Exception) -> None:
+        """A COMPUTE or HOST_ACTOR over max_frame_bytes (its payloads fit in the SUBMIT,
+        not with what the scheduler adds): fail that task or actor with the error rather
+        than leave it waiting for an answer from a worker that never got it."""
+        ws = conn.owner_data
+        if not isinstance(ws, WorkerState):
+            return
+        exc, tb = dumps_exception(err)
+        if msg[0] == Msg.COMPUTE:
+            self.state.task_failed(ws, msg[1], exc, tb)
+        elif msg[0] == Msg.HOST_ACTOR:
+            self.state.actor_failed(ws, msg[1], exc, tb)
+        self._send_outbox()
 
     def _task_finished(self, conn: Connection, key: str, payload: Any, nbytes: int) -> None:
         self.state.task_finished(conn.owner_data, key, payload, nbytes)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..comm.connection import Connection, connect
 from ..comm.protocol import Msg
-from ..comm.serialize import Payload
+from ..comm.serialize import Payload, dumps_exception
+from ..errors import FrameTooLargeError
 
 __all__ = ["Transfer"]
 
@@ -36,6 +37,7 @@ class Transfer:
         _fetching: dict
         _peers: dict
         _dispatch_peer: Any
+        _release_inputs: Any
 
     def _fetch(self, holder: str, keys: list[str]) -> None:
         peer = self._peer(holder)
@@ -47,7 +49,18 @@ class Transfer:
             fut.result().request(Msg.GET_DATA, keys).add_done_callback(got)
 
         def got(fut: Future) -> None:
-            if fut.exception() is not None:
+            exc = fut.exception()
+            if isinstance(exc, FrameTooLargeError):
+                # Together over max_frame_bytes: ask for each on its own. One alone over
+                # it can never come: its tasks fail with the error (reporting it missing
+                # would have it recomputed, and refused again, forever).
+                if len(keys) > 1:
+                    for dep in keys:
+                        self._fetch(holder, [dep])
+                else:
+                    self._fetch_too_large(keys[0], exc)
+                return
+            if exc is not None:
                 self._fetch_failed(keys, holder)
                 return
             received = dict(fut.result())
@@ -72,6 +85,15 @@ class Transfer:
             task.missing.discard(dep)
             if not task.missing:
                 self._run_task(task)
+
+    def _fetch_too_large(self, dep: str, exc: BaseException) -> None:
+        payload, tb = dumps_exception(exc)
+        for key in self._fetching.pop(dep, []):
+            task = self.tasks.pop(key, None)
+            if task is not None:
+                self._release_inputs(task)
+                if self.scheduler is not None:
+                    self.scheduler.send([Msg.TASK_FAILED, key, payload, tb])
 
     def _fetch_failed(self, deps: list[str], holder: str) -> None:
         for dep in deps:
