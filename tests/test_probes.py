@@ -237,3 +237,13 @@ def test_a_dial_still_in_its_handshake_is_closed_with_its_loop():
         assert all(s.fileno() == -1 for s in socks), "the loop left a dial's socket open"
     finally:
         peer.close()
+
+
+@pytest.mark.parametrize("reply", [[Msg.REPLY, [1], True, None], [Msg.REPLY, 1, "yes", None]])
+def test_a_malformed_reply_closes_the_connection(sched, raw, reply):
+    # An unhashable request id raised TypeError in the loop and left the connection open.
+    conn = raw(sched.address)
+    _request(conn, Msg.REGISTER_CLIENT, "prober", {})
+    conn.send_threadsafe(reply)
+    wait_for(lambda: conn.closed, timeout=10, what="the scheduler to drop the connection")
+    wait_for(lambda: "prober" not in sched.state.clients, timeout=10, what="no client left")

@@ -291,8 +291,8 @@ class Connection:
                 log.exception("error handling message %s from %s", msg[0], self.peer)
 
     def _on_reply(self, msg: list) -> None:
-        if len(msg) != 4:
-            raise ProtocolError("malformed REPLY")
+        if len(msg) != 4 or type(msg[1]) is not int or type(msg[2]) is not bool:
+            raise ProtocolError("malformed REPLY")   # (an unhashable id would raise below)
         fut = self._pending.pop(msg[1], None)
         if fut is None:
             return
