@@ -56,3 +56,13 @@ def test_reply_over_the_limit_becomes_an_error_for_the_asker(small_frames):
         small_frames.run(big_blob)
     assert "Timeout" not in type(info.value).__name__
     assert small_frames.submit(size, b"ok").result(timeout=10) == 2
+
+
+def test_submit_whose_message_but_not_payload_is_over_the_limit_fails(small_frames):
+    """Payloads just under the limit pass the check at the call; the SUBMIT around them
+    (key, dependencies, options) is over it: the future fails, it does not hang."""
+    deps = [small_frames.submit(size, b"d", key="d" * 2000 + str(i)) for i in range(40)]
+    small_frames.gather(deps, timeout=20)
+    f = small_frames.submit(len, [b"x" * (LIMIT - 150_000), *deps])
+    with pytest.raises(FrameTooLargeError):
+        f.result(timeout=20)

@@ -76,6 +76,7 @@ class Session:
                             role="client", info={"id": self.id}, handler=self.dispatch,
                             on_close=self._link_lost, timeout=timeout,
                             on_waiting=log.warning)
+        link.on_too_large = self._too_large
         with self.lock:
             self.link = link
         welcome = self.request(Msg.REGISTER_CLIENT, self.id, get_versions(), timeout=timeout)
@@ -177,6 +178,14 @@ class Session:
         if self.link is not None and self.link.state == "open":
             self.link.send([Msg.RELEASE, [key]])
 
+    def _too_large(self, conn: Connection, msg: list, err: BaseException) -> None:
+        """Loop thread: a SUBMIT whose whole message (not only its payloads, checked at
+        the call) is over max_frame_bytes was not sent: its future fails instead."""
+        if msg[0] == Msg.SUBMIT:
+            fut = self.futures.get(msg[1])
+            if fut is not None:
+                fut._set_error(err)
+
     # --- messages from the scheduler (loop thread) ---------------------------------
     def _task_done(self, key: str, payload: Payload | None, worker: str, nbytes: int) -> None:
         fut = self.futures.get(key)
@@ -241,6 +250,7 @@ class Session:
                 fut.result().close()
                 return
             self.link = fut.result()
+            self.link.on_too_large = self._too_large
 
         def registered(reply: cf.Future) -> None:
             if reply.exception() is None:
