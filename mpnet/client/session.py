@@ -33,7 +33,8 @@ import weakref
 from typing import Any
 
 from ..comm.connection import Connection, connect, connect_sync
-from ..comm.protocol import Dispatcher, Msg
+from ..comm.dispatch import Dispatcher
+from ..comm.protocol import Msg
 from ..comm.serialize import Payload, loads, loads_exception
 from ..errors import (ClusterClosedError, CommClosedError, KeyConflictError,
                       KilledWorkerError, UnsatisfiableError, WorkerLostError)

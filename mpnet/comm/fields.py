@@ -1,6 +1,6 @@
 """What each field of each message may be: checked on arrival, before any handler runs.
 
-The dispatcher (:class:`~mpnet.comm.protocol.Dispatcher`) checks a message's field count
+The dispatcher (:class:`~mpnet.comm.dispatch.Dispatcher`) checks a message's field count
 against its handler and then every field against :data:`FIELDS`: a field of the wrong
 type or out of range is a :class:`~mpnet.errors.ProtocolError` that closes that one
 connection and reaches no state (a ``resources={"GPU": "1"}`` parked in the scheduler

@@ -27,7 +27,8 @@ from ..comm.addressing import address_scheme, outward_host, parse_address
 from ..comm.auth import resolve_token
 from ..comm.connection import Connection, Listener
 from ..comm.eventloop import EventLoop
-from ..comm.protocol import Dispatcher, Msg
+from ..comm.dispatch import Dispatcher
+from ..comm.protocol import Msg
 from ..comm.serialize import dumps, dumps_exception, loads
 from ..config import Config, make_config, tune_gc
 from ..deploy.scheduler_file import remove_scheduler_file, write_scheduler_file

@@ -27,7 +27,8 @@ from ..comm.addressing import address_scheme, advertised_host, parse_address
 from ..comm.auth import resolve_server_token, token_arg
 from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
-from ..comm.protocol import Dispatcher, Msg
+from ..comm.dispatch import Dispatcher
+from ..comm.protocol import Msg
 from ..comm.serialize import Payload, dumps, dumps_exception, loads, loads_task_args
 from ..config import Config, make_config
 from ..diagnostics import logring

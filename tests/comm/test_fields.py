@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mpnet.comm.fields import FIELDS, check_fields
-from mpnet.comm.protocol import Dispatcher, Msg
+from mpnet.comm.dispatch import Dispatcher
+from mpnet.comm.protocol import Msg
 from mpnet.comm.serialize import dumps
 from mpnet.errors import ProtocolError
 

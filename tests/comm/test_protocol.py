@@ -188,7 +188,7 @@ def test_payloads_are_opaque_to_the_scheduler():
 
 
 def test_dispatcher_checks_types_and_field_counts():
-    from mpnet.comm.protocol import Dispatcher
+    from mpnet.comm.dispatch import Dispatcher
     seen = []
 
     def release(conn, keys):
