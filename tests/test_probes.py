@@ -15,7 +15,7 @@ import pytest
 
 from mpnet import Client, Nanny, Scheduler, Worker
 from mpnet.comm.auth import read_token_file, resolve_token, token_file_path
-from mpnet.comm.connection import connect_sync
+from mpnet.comm.endpoints import connect_sync
 from mpnet.comm.eventloop import EventLoop
 from mpnet.comm.protocol import Msg
 from mpnet.comm.serialize import dumps
@@ -219,7 +219,7 @@ def test_a_dial_still_in_its_handshake_is_closed_with_its_loop():
     # that accepted but never spoke, such as an impostor on a freed port) closed its loop
     # and left that socket open for the GC (a ResourceWarning, a descriptor held).
     import socket as socketlib
-    from mpnet.comm.connection import connect
+    from mpnet.comm.endpoints import connect
     silent = socketlib.create_server(("127.0.0.1", 0))
     loop = EventLoop("test-dial-loop").start()
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from mpnet import Client, FrameTooLargeError, LocalCluster, Scheduler, Worker
-from mpnet.comm.connection import connect_sync
+from mpnet.comm.endpoints import connect_sync
 from mpnet.comm.eventloop import EventLoop
 from mpnet.comm.protocol import FrameEncoder, Msg
 from mpnet.comm.serialize import dumps, loads_exception

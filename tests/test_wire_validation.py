@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mpnet import Client, Scheduler, Worker
-from mpnet.comm.connection import connect_sync
+from mpnet.comm.endpoints import connect_sync
 from mpnet.comm.eventloop import EventLoop
 from mpnet.comm.protocol import Msg
 from mpnet.comm.serialize import dumps

@@ -25,7 +25,8 @@ import logging
 import threading
 from typing import Any, Callable
 
-from ..comm.connection import Connection, connect
+from ..comm.connection import Connection
+from ..comm.endpoints import connect
 from ..comm.fields import check_fields
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, decode_value, encode_args, loads_exception

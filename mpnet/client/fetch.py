@@ -17,7 +17,7 @@ import concurrent.futures as cf
 import time
 from typing import Any, Callable
 
-from ..comm.connection import connect
+from ..comm.endpoints import connect
 from ..comm.protocol import Msg
 from ..comm.serialize import loads
 from ..errors import CommClosedError, WorkerLostError

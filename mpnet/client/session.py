@@ -32,7 +32,8 @@ import threading
 import weakref
 from typing import Any
 
-from ..comm.connection import Connection, connect, connect_sync
+from ..comm.connection import Connection
+from ..comm.endpoints import connect, connect_sync
 from ..comm.dispatch import Dispatcher
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, loads, loads_exception

@@ -25,7 +25,7 @@ Who checks whom:
 The token handshake still runs: TLS keeps the connection private and proves the peer
 holds a certificate of the cluster's CA; the token proves it holds the cluster's
 secret. Everything here runs on the loop thread, except building contexts, which
-:class:`~mpnet.comm.connection.Listener` and :func:`~mpnet.comm.connection.connect` do
+:class:`~mpnet.comm.endpoints.Listener` and :func:`~mpnet.comm.endpoints.connect` do
 when they are created, so that a bad file is an error at once, not at the first peer.
 """
 

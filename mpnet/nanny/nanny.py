@@ -27,7 +27,8 @@ from typing import Any
 
 from ..comm.addressing import address_scheme, advertised_host, parse_address
 from ..comm.auth import resolve_server_token, token_arg
-from ..comm.connection import Connection, Listener, connect, connect_sync, listen_on_any
+from ..comm.connection import Connection
+from ..comm.endpoints import Listener, connect, connect_sync, listen_on_any
 from ..comm.eventloop import EventLoop
 from ..comm.dispatch import Dispatcher
 from ..comm.protocol import Msg

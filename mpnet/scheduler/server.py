@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from ..comm.addressing import address_scheme, outward_host, parse_address
 from ..comm.auth import resolve_token
-from ..comm.connection import Connection, Listener
+from ..comm.connection import Connection
+from ..comm.endpoints import Listener
 from ..comm.eventloop import EventLoop
 from ..comm.dispatch import Dispatcher
 from ..comm.protocol import Msg

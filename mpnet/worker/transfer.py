@@ -12,7 +12,8 @@ import logging
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ..comm.connection import Connection, connect
+from ..comm.connection import Connection
+from ..comm.endpoints import connect
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, dumps_exception
 from ..errors import FrameTooLargeError

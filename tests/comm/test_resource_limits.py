@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from mpnet import Client, Worker
-from mpnet.comm.connection import connect_sync
+from mpnet.comm.endpoints import connect_sync
 from mpnet.comm.eventloop import EventLoop
 from mpnet.comm.protocol import BUFLEN, HEADER
 from mpnet.config import make_config

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from mpnet import Client, LocalCluster, Scheduler, Worker
-from mpnet.comm.connection import Listener, connect_sync
+from mpnet.comm.endpoints import Listener, connect_sync
 from mpnet.comm.eventloop import EventLoop
 from mpnet.comm.serialize import dumps, loads
 from mpnet.config import make_config
