@@ -38,8 +38,8 @@ from ..errors import MpnetError, PreloadError, TokenFileError
 
 __all__ = ["Command", "Group", "version_option", "service_errors", "check_preload_argv",
            "check_preloads_take_argv", "Duration", "PortRange", "share_ports",
-           "checked_address", "interface_address", "route_address", "choose_host",
-           "read_token_file", "setup_logging", "pid_file", "Shutdown", "FIREWALL_HELP",
+           "checked_address", "interface_address", "memory_limit_option", "route_address",
+           "choose_host", "read_token_file", "setup_logging", "pid_file", "Shutdown", "FIREWALL_HELP",
            "tls_options", "tls_from_context"]
 
 log = logging.getLogger("mpnet.cli")
@@ -247,6 +247,22 @@ def choose_host(host: str | None, interface: str | None,
     if toward:
         return route_address(toward)
     return None
+
+
+def memory_limit_option(text: str, sharing: int) -> int:
+    """``--memory-limit``, in bytes per worker: ``auto`` shares this machine among the
+    ``sharing`` workers on it, ``0.5`` is half the machine, ``4GiB`` each, ``0`` none."""
+    from ..deploy.local import memory_per_worker
+    value: Any = text
+    try:
+        number = float(text)
+        value = number if 0 < number <= 1 else int(number)
+    except ValueError:
+        pass
+    try:
+        return memory_per_worker(value, sharing)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--memory-limit'") from None
 
 
 def read_token_file(path: str, *, create: bool = False) -> str:

@@ -20,31 +20,15 @@ from typing import Any
 
 import click
 
-from ..deploy.local import memory_per_worker
 from ..deploy.mpi import (POLL_INTERVAL, START_TIMEOUT, Layout, RankComm, RankError,
                           RankOptions, exit_now, import_mpi, run_service_rank)
 from ..deploy.scheduler_file import read_scheduler_file
-from .common import (Command, Duration, Shutdown, read_token_file, setup_logging,
-                     version_option)
+from .common import (Command, Duration, Shutdown, memory_limit_option, read_token_file,
+                     setup_logging, version_option)
 
 __all__ = ["mpi", "main"]
 
 log = logging.getLogger("mpnet.cli")
-
-
-def memory_limit_bytes(text: str, sharing: int) -> int:
-    """Bytes per worker rank: ``auto`` shares this machine among the ranks on it,
-    ``0.5`` is half the machine, ``4GiB`` each, ``0`` no limit."""
-    value: Any = text
-    try:
-        number = float(text)
-        value = number if 0 < number <= 1 else int(number)
-    except ValueError:
-        pass
-    try:
-        return memory_per_worker(value, sharing)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="'--memory-limit'") from None
 
 
 def dashboard_text(value: str | None) -> str | None:
@@ -134,7 +118,7 @@ def _run(rc: RankComm, layout: Layout, o: dict) -> tuple[int, bool]:
     role = layout.role(rc.rank)
     # Collective: every rank asks, whatever its role, before any rank can fail alone.
     sharing = rc.local_size() if o["memory_limit"] == "auto" else 1
-    memory = memory_limit_bytes(o["memory_limit"], sharing)
+    memory = memory_limit_option(o["memory_limit"], sharing)
     wait = o["death_timeout"] or START_TIMEOUT
 
     options = RankOptions(

@@ -25,14 +25,13 @@ import click
 from ..comm.addressing import address_scheme, format_address
 from ..comm.auth import resolve_token
 from ..comm.eventloop import EventLoop
-from ..deploy.local import memory_per_worker
 from ..deploy.scheduler_file import DEFAULT_WAIT, read_scheduler_file
 from ..nanny.nanny import Nanny, close_all
 from ..worker.worker import Worker
 from .common import (FIREWALL_HELP, Command, Duration, PortRange, Shutdown,
                      check_preload_argv, check_preloads_take_argv, checked_address,
-                     choose_host, read_token_file, service_errors, setup_logging, share_ports,
-                     tls_options, version_option)
+                     choose_host, memory_limit_option, read_token_file, service_errors,
+                     setup_logging, share_ports, tls_options, version_option)
 
 __all__ = ["worker", "main"]
 
@@ -71,21 +70,6 @@ def _resources(text: str | None) -> dict[str, float]:
     return found
 
 
-def _memory_limit(text: str, n: int) -> int:
-    """Bytes per worker from ``auto`` (the machine shared out), ``0.5`` (of the machine),
-    ``4GiB`` (each), or ``0`` (no limit)."""
-    value: Any = text
-    try:
-        number = float(text)
-        value = number if 0 < number <= 1 else int(number)
-    except ValueError:
-        pass
-    try:
-        return memory_per_worker(value, n)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="'--memory-limit'") from None
-
-
 def _scheduler_address(address: str | None, scheduler_file: str | None,
                        wait: float, scheme: str = "tcp") -> tuple[str, str | None]:
     """The scheduler's address, and the token its scheduler file carries (if any)."""
@@ -115,7 +99,7 @@ def _service_options(o: dict, preload_argv: tuple[str, ...]) -> tuple[dict, list
     kwargs = dict(
         nthreads=o["nthreads"] or max(1, (os.cpu_count() or 1) // n), host=host,
         contact_address=o["contact_address"], resources=_resources(o["resources"]),
-        memory_limit=_memory_limit(o["memory_limit"], n),
+        memory_limit=memory_limit_option(o["memory_limit"], n),
         local_directory=o["local_directory"], preload=list(o["preload"]),
         preload_argv=list(preload_argv), lifetime=o["lifetime"],
         lifetime_stagger=o["lifetime_stagger"] or 0.0, lifetime_restart=o["lifetime_restart"],
