@@ -234,31 +234,42 @@ def test_worker_with_a_token_refuses_a_server_that_asks_for_none(home, fake):
 
 def test_workers_and_nannies_do_not_reconnect_to_an_impostor_on_the_freed_port(home):
     """kill -9 of the scheduler, then a stranger binds its port: the workers and nannies
-    that try to reconnect must refuse it, and never send it anything."""
+    that try to reconnect refuse it and never send it anything; they keep trying (the
+    impostor cannot make them give up), and join the real scheduler once it is back."""
     from mpnet import Nanny
     from mpnet.deploy.scheduler_file import read_scheduler_file
     token = "s" * 64
     path = home / "scheduler.json"
-    sched = subprocess.Popen(
-        [sys.executable, "-m", "mpnet.cli.main", "scheduler", "--host", "127.0.0.1",
-         "--port", "0", "--scheduler-file", str(path)],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "MPNET_TOKEN": token},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPNET_TOKEN": token}
+
+    def start_scheduler(port: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mpnet.cli.main", "scheduler", "--host", "127.0.0.1",
+             "--port", str(port), "--scheduler-file", str(path), "--no-dashboard"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [start_scheduler(0)]
     worker = nanny = fake = None
     try:
         address = read_scheduler_file(path, timeout=30)["address"]
         port = int(address.rsplit(":", 1)[1])
-        worker = Worker(address, token=token, host="127.0.0.1", death_timeout=10).start()
-        nanny = Nanny(address, token=token, host="127.0.0.1", death_timeout=10).start()
-        sched.kill()
-        sched.wait(10)
+        worker = Worker(address, token=token, host="127.0.0.1", death_timeout=20).start()
+        nanny = Nanny(address, token=token, host="127.0.0.1", death_timeout=20).start()
+        procs[0].kill()
+        procs[0].wait(10)
         fake = FakeServer(port)
-        wait_for(lambda: fake.connections >= 2, timeout=15, what="the reconnect attempts")
-        assert worker.wait_closed(15), "the worker should give up on the impostor"
+        wait_for(lambda: fake.connections >= 4, timeout=15, what="the reconnect attempts")
         assert fake.received == [], fake.received
+        assert not worker.wait_closed(0), "an impostor must not make the worker give up"
+        fake.close()
+        fake = None
+        procs.append(start_scheduler(port))
+        with Client(address, token=token, timeout=30) as c:
+            wait_for(lambda: len(c.scheduler_info()["workers"]) == 2, timeout=20,
+                     what="the worker and the nanny's worker to rejoin the real scheduler")
     finally:
-        sched.kill()
-        sched.wait(10)
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
         for service in (worker, nanny, fake):
             if service is not None:
                 service.close()

@@ -238,7 +238,8 @@ class Session:
                     self.id, self.address, exc or "closed", self.config.death_timeout)
         connect(self.loop, self.address, config=self.config, token=self.token,
                 role="client", info={"id": self.id}, handler=self.dispatch,
-                on_close=self._link_lost, timeout=self.config.death_timeout
+                on_close=self._link_lost, timeout=self.config.death_timeout,
+                retry_impostors=True
                 ).add_done_callback(self._reconnected)
 
     def _reconnected(self, fut: cf.Future) -> None:

@@ -23,7 +23,8 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from ..config import Config
-from ..errors import CommClosedError, ConnectTimeoutError, MpnetError
+from ..errors import (AuthenticationError, CommClosedError, ConnectTimeoutError, MpnetError,
+                      ProtocolError)
 from . import tls
 from .addressing import address_scheme, format_address, parse_address
 from .connection import Connection
@@ -186,7 +187,8 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
             info: dict, handler: Callable[[Connection, list], None],
             on_close: Callable[[Connection, BaseException | None], None] | None = None,
             timeout: float | None = None,
-            on_waiting: Callable[[str], None] | None = None) -> Future:
+            on_waiting: Callable[[str], None] | None = None,
+            retry_impostors: bool = False) -> Future:
     """Dial ``address`` from the loop; the future gets the open :class:`Connection`.
 
     While nothing listens there (connection refused) it retries with backoff until
@@ -194,7 +196,10 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
     with :class:`ConnectTimeoutError` naming the address. A wrong token fails at once
     with :class:`AuthenticationError`. ``on_waiting(text)`` is called once, on the loop
     thread, when it has been retrying for :data:`WAITING_NOTICE` seconds: a line that
-    says nothing answers yet and for how long it keeps trying.
+    says nothing answers yet and for how long it keeps trying. ``retry_impostors``
+    (reconnects): a server that fails the token handshake is treated like one that is
+    not there yet, and tried again until ``timeout``: after a scheduler dies, whoever
+    binds its port first must not be able to make its workers give up on it.
     """
     timeout = config.connect_timeout if timeout is None else timeout
     result: Future = Future()
@@ -279,8 +284,10 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
                 conn.close()
 
         def failed(exc: BaseException) -> None:
-            if isinstance(exc, CommClosedError) and time.monotonic() < deadline:
-                retry(str(exc))   # e.g. a listener that is not serving yet
+            again = isinstance(exc, CommClosedError) or (
+                retry_impostors and isinstance(exc, (AuthenticationError, ProtocolError)))
+            if again and time.monotonic() < deadline:
+                retry(str(exc))   # a listener not serving yet, or not ours (reconnects)
                 return
             give_up(exc)
         conn_class(loop, sock, server=False, config=config, token=token, role=role,

@@ -434,7 +434,8 @@ class Nanny:
                     self.id, exc or "closed", self.config.death_timeout)
         connect(self.loop, self.scheduler_address, config=self.config, token=self.token,
                 role="nanny", info={"address": self.address}, handler=self._dispatch,
-                on_close=self._scheduler_closed, timeout=self.config.death_timeout
+                on_close=self._scheduler_closed, timeout=self.config.death_timeout,
+                retry_impostors=True
                 ).add_done_callback(self._reconnected)
 
     def _reconnected(self, fut: Future) -> None:

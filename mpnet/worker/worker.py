@@ -336,7 +336,8 @@ class Worker(Transfer):
         self._fetching.clear()
         connect(self.loop, self.scheduler_address, config=self.config, token=self.token,
                 role="worker", info={"address": self.address}, handler=self._dispatch,
-                on_close=self._scheduler_closed, timeout=self.config.death_timeout
+                on_close=self._scheduler_closed, timeout=self.config.death_timeout,
+                retry_impostors=True
                 ).add_done_callback(self._reconnected)
 
     def _reconnected(self, fut: Future) -> None:
