@@ -85,3 +85,14 @@ def client(cluster):
     from mpnet import Client
     with Client(cluster) as c:
         yield c
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh, empty home: no token file, no MPNET_TOKEN."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("HOME", str(h))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(h / ".config"))
+    monkeypatch.delenv("MPNET_TOKEN", raising=False)
+    return h

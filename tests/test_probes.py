@@ -40,16 +40,6 @@ class Holder:
 
 # --- token files that are not files ------------------------------------------------------
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    h.mkdir()
-    monkeypatch.setenv("HOME", str(h))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(h / ".config"))
-    monkeypatch.delenv("MPNET_TOKEN", raising=False)
-    return h
-
-
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_fifo_as_token_file_is_refused_at_once(home):
     # Opening a FIFO for reading blocks until someone writes: a scheduler, worker or

@@ -27,17 +27,6 @@ from tests.utils import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """A fresh, empty home: no token file, no MPNET_TOKEN."""
-    h = tmp_path / "home"
-    h.mkdir()
-    monkeypatch.setenv("HOME", str(h))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(h / ".config"))
-    monkeypatch.delenv("MPNET_TOKEN", raising=False)
-    return h
-
-
 def _write_token_file(text: str, mode: int = 0o600) -> Path:
     path = token_file_path()
     path.parent.mkdir(parents=True, mode=0o700)
