@@ -12,6 +12,7 @@
      ├── SerializationError       an object could not be pickled / unpickled
      ├── FrameTooLargeError       a value is over max_frame_bytes: it cannot travel
      ├── ClusterClosedError       the client, cluster or scheduler is closed
+     ├── LifecycleError           a server was asked to move between states it cannot
      ├── WorkerLostError          data or a task was lost with a worker
      │    └── KilledWorkerError   a task was on every worker that died running it
      ├── UnsatisfiableError       no worker could ever run a task or host an actor
@@ -50,6 +51,7 @@ __all__ = [
     "SerializationError",
     "FrameTooLargeError",
     "ClusterClosedError",
+    "LifecycleError",
     "WorkerLostError",
     "KilledWorkerError",
     "UnsatisfiableError",
@@ -123,6 +125,12 @@ class FrameTooLargeError(MpnetError):
 
 class ClusterClosedError(MpnetError):
     """The client, cluster or scheduler this call needs has been closed."""
+
+
+class LifecycleError(MpnetError, RuntimeError):
+    """A server, worker, nanny or client was asked to move between two states its
+    lifecycle does not allow (``start()`` twice, ``start()`` after ``close()``); the
+    message names both states."""
 
 
 class WorkerLostError(MpnetError):
