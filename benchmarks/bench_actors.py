@@ -9,7 +9,8 @@ Run it from anywhere (it benchmarks the mpnet of this checkout)::
 Every backend gets 2 worker processes with 1 thread each and one ``Counter`` actor on one
 of them: mpnet ``LocalCluster(2, 1)`` and ``client.actor(Counter, 0)``, a raw
 ``multiprocessing.Pipe`` to one spawned process that holds a counter (always: the floor,
-what any actor system on two Python processes pays at least), dask.distributed
+what any actor system on two Python processes pays at least), a ``multiprocessing``
+manager's proxy to a counter (always: the stdlib's remote object, issue 14's yardstick), dask.distributed
 ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` and
 ``client.submit(Counter, 0, actor=True).result()``, and Ray ``ray.init(num_cpus=2)`` with
 ``ray.remote(Counter).remote(0)`` (each only if importable; otherwise "skipped").
@@ -46,6 +47,7 @@ import time
 from collections import namedtuple
 from contextlib import contextmanager
 from importlib.util import find_spec
+from multiprocessing.managers import BaseManager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)   # benchmark this checkout, installed or not (children: PYTHONPATH)
@@ -55,6 +57,8 @@ from bench_core import leftover_children, print_notes, print_table
 
 LATENCY_TARGET_MS = 0.15
 THROUGHPUT_TARGET = 20_000
+LATENCY_VS_PROXY = 2.5       # issue 14: a call at most 2.5x a manager proxy call
+PIPELINED_VS_PROXY = 3.0     # and pipelined calls, in order, above 3x the proxy's rate
 
 
 class Counter:
@@ -123,6 +127,23 @@ def pipe_ops():
             proc.join()
 
 
+class _CounterManager(BaseManager):
+    pass
+
+
+_CounterManager.register("Counter", Counter)
+
+
+@contextmanager
+def manager_ops():
+    """A counter in a ``multiprocessing`` manager process, called through its proxy: the
+    stdlib's own remote object, one request and one answer per call. A proxy cannot
+    pipeline, so its "burst" is n calls one after the other."""
+    with _CounterManager(ctx=multiprocessing.get_context("spawn")) as manager:
+        incr = manager.Counter(0).incr
+        yield Ops(incr, lambda n: [incr(1) for _ in range(n)])
+
+
 @contextmanager
 def dask_ops():   # dask's ActorFutures have .result() only (no gather)
     from distributed import Client, LocalCluster
@@ -147,6 +168,7 @@ def ray_ops():   # Ray's own idiom for a batch: one ray.get of the list of refs
 
 BACKENDS = {"mpnet": ("mpnet", mpnet_ops),
             "pipe": ("multiprocessing", pipe_ops),
+            "manager": ("multiprocessing", manager_ops),
             "dask": ("distributed", dask_ops),
             "ray": ("ray", ray_ops)}
 
@@ -194,7 +216,7 @@ def run_backend(name, args):
     module, ops = BACKENDS[name]
     if find_spec(module) is None:
         return {"skipped": "not installed"}
-    version = ("spawn" if name == "pipe"
+    version = ("spawn" if name in ("pipe", "manager")
                else getattr(importlib.import_module(module), "__version__", "?"))
     runs = {"latency_ms": [], "pipelined_cps": [], "order": []}
     try:
@@ -243,9 +265,17 @@ def report(results, args):
               else "MISSED")
         print(f"mpnet pipelined: {m['pipelined_cps']:,.0f} calls/s ({m['order']}), "
               f"target > {THROUGHPUT_TARGET:,} calls/s in order: {ok}")
+        q = results.get("manager", {"skipped": "-"})
+        if "skipped" not in q:
+            lat, thr = m["latency_ms"] / q["latency_ms"], m["pipelined_cps"] / q["pipelined_cps"]
+            print(f"mpnet/manager proxy: latency {lat:.2f}x, target <= {LATENCY_VS_PROXY}x: "
+                  f"{'MET' if lat <= LATENCY_VS_PROXY else 'MISSED'}; pipelined {thr:.2f}x "
+                  f"the proxy's calls/s, target > {PIPELINED_VS_PROXY}x in order: "
+                  f"{'MET' if thr > PIPELINED_VS_PROXY and m['order'] == 'ok' else 'MISSED'}")
+            ratios.update(latency_vs_manager=lat, pipelined_vs_manager=thr)
         if "skipped" not in p:
-            ratios = {"latency_ms": m["latency_ms"] / p["latency_ms"],
-                      "pipelined_cps": m["pipelined_cps"] / p["pipelined_cps"]}
+            ratios.update({"latency_ms": m["latency_ms"] / p["latency_ms"],
+                      "pipelined_cps": m["pipelined_cps"] / p["pipelined_cps"]})
             print(f"mpnet/pipe: latency {ratios['latency_ms']:.2f}x (lower is better), "
                   f"throughput {ratios['pipelined_cps']:.2f}x (higher is better)")
         for k in ("ray", "dask"):
