@@ -30,6 +30,12 @@ class Config:
     max_frame_bytes: int = 1 << 30
     #: a peer that stops in the middle of a frame for this long is disconnected
     frame_stall_timeout: float = 30.0
+    #: how long a dial to a peer (another worker, an actor's host) keeps trying before
+    #: the fetch or call through mpnet.comm.pool fails (and is retried elsewhere)
+    peer_connect_timeout: float = 2.0
+    #: messages a link to the scheduler keeps for its reconnect while it is down; one
+    #: more raises LinkLostError (nothing is dropped silently)
+    link_queue_limit: int = 10_000
     # --- TLS (docs/security-tls.md); "" = not set -----------------------------------
     #: PEM certificate this process shows (a server's, and a client's for mutual TLS);
     #: setting it makes listeners speak TLS (tls:// addresses)

@@ -8,7 +8,9 @@
      │    └── TokenFileError      a token file is empty, unreadable or open to others
      ├── TLSError                 a TLS file or setting is wrong, or TLS with a peer failed
      ├── CommClosedError          a connection closed while something waited on it
-     │    └── ConnectTimeoutError nothing answered at an address within the timeout
+     │    ├── ConnectTimeoutError nothing answered at an address within the timeout
+     │    └── LinkLostError       a link to the scheduler gave up (or was closed): what it
+     │                            still had to send or was waiting for is lost
      ├── SerializationError       an object could not be pickled / unpickled
      ├── FrameTooLargeError       a value is over max_frame_bytes: it cannot travel
      ├── ClusterClosedError       the client, cluster or scheduler is closed
@@ -48,6 +50,7 @@ __all__ = [
     "TLSError",
     "CommClosedError",
     "ConnectTimeoutError",
+    "LinkLostError",
     "SerializationError",
     "FrameTooLargeError",
     "ClusterClosedError",
@@ -101,6 +104,12 @@ class CommClosedError(MpnetError):
 
 class ConnectTimeoutError(CommClosedError, TimeoutError):
     """Nothing accepted a connection at an address before the timeout ran out."""
+
+
+class LinkLostError(CommClosedError):
+    """A reconnecting link (mpnet.comm.link) is down for good: it did not reconnect and
+    register again within its time (``death_timeout``), or its owner closed it. Requests
+    waiting on it and messages queued for the reconnect fail with it."""
 
 
 class SerializationError(MpnetError):

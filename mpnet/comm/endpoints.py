@@ -200,6 +200,8 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
     (reconnects): a server that fails the token handshake is treated like one that is
     not there yet, and tried again until ``timeout``: after a scheduler dies, whoever
     binds its port first must not be able to make its workers give up on it.
+    ``future.cancel()`` stops the dialing (a link closed while it reconnects): no
+    further attempt is made, and a connection that opens anyway is closed.
     """
     timeout = config.connect_timeout if timeout is None else timeout
     result: Future = Future()
@@ -221,6 +223,8 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
             result.set_exception(exc)
 
     def retry(reason: str) -> None:
+        if result.done():      # cancelled: the caller stopped waiting
+            return
         state["last"] = reason
         now = time.monotonic()
         if now + state["delay"] > deadline:
@@ -238,6 +242,8 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
         state["delay"] = min(state["delay"] * 2, 0.5)
 
     def attempt() -> None:
+        if result.done():
+            return
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as e:
@@ -259,6 +265,9 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
         def on_connected(mask: int) -> None:
             loop.unregister(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if result.done():
+                sock.close()
+                return
             if err:
                 sock.close()
                 retry(errno.errorcode.get(err, str(err)))
