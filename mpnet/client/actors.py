@@ -26,7 +26,7 @@ import threading
 from typing import Any, Callable
 
 from ..comm.connection import Connection
-from ..comm.endpoints import connect
+from ..comm.pool import Pool
 from ..comm.fields import check_fields
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, decode_value, encode_args, loads_exception
@@ -87,7 +87,10 @@ class ActorCaller:
         self._refs: dict[str, int] = {}    # actor key → handles + calls not answered
         self._where: dict[str, str] = {}   # actor key → hosting worker address
         self._queued: dict[str, collections.deque] = {}    # waiting for an address
-        self._conns: dict[str, cf.Future] = {}
+        # direct connections to hosting workers; a close means the host probably died
+        self._conns = Pool(loop, config=config, token=token, role="caller", info=info,
+                           handler=self._on_message,
+                           on_close=lambda address, conn, exc: self._worker_gone(address))
         self._inflight: dict[int, tuple[_Call, str]] = {}  # call id → (call, address)
         self._ids = itertools.count(1)
 
@@ -155,12 +158,6 @@ class ActorCaller:
 
     def _send(self, address: str, call: _Call) -> None:
         conn_fut = self._conns.get(address)
-        if conn_fut is None or (conn_fut.done() and (conn_fut.exception() is not None or
-                                                     conn_fut.result().closed)):
-            conn_fut = self._conns[address] = connect(
-                self.loop, address, config=self.config, token=self.token, role="caller",
-                info=self._info, handler=self._on_message, timeout=5.0,
-                on_close=lambda c, exc, a=address: self._worker_gone(a))
         call_id = next(self._ids)
         self._inflight[call_id] = (call, address)
         if conn_fut.done():
@@ -171,7 +168,9 @@ class ActorCaller:
     def _write(self, conn_fut: cf.Future, call_id: int, call: _Call) -> None:
         if conn_fut.exception() is not None:
             self._inflight.pop(call_id, None)
-            self._retry_or_fail(call, self._where.get(call.key, "?"), sent=False)
+            # Its host did not answer (or the pool is closed): ask the scheduler where
+            # the actor is now, rather than dial the same address again at once.
+            self._retry_or_fail(call, self._where.pop(call.key, "?"), sent=False)
             return
         conn_fut.result().send([Msg.ACTOR_CALL, call_id, call.key, call.method, call.args,
                                 call.kwargs, call.kind])
@@ -232,12 +231,7 @@ class ActorCaller:
     def close(self) -> None:
         """Loop thread: drop worker connections; calls in flight fail."""
         self._on_unreferenced = None      # closing: the scheduler forgets us anyway
-        for fut in self._conns.values():
-            if fut.done() and fut.exception() is None:
-                conn = fut.result()
-                conn.on_close = None
-                conn.close()
-        self._conns.clear()
+        self._conns.close()
         for call, _ in self._inflight.values():
             if not call.future.done():
                 call.future.set_exception(ActorDiedError("the caller was closed"))

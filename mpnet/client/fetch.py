@@ -17,7 +17,7 @@ import concurrent.futures as cf
 import time
 from typing import Any, Callable
 
-from ..comm.endpoints import connect
+from ..comm.pool import Pool
 from ..comm.protocol import Msg
 from ..comm.serialize import loads
 from ..errors import CommClosedError, WorkerLostError
@@ -54,8 +54,9 @@ class Fetcher:
     def __init__(self, owner: Any, loop: Any, *, config: Any, token: Any, client_id: str,
                  dispatch: Callable):
         self.owner, self.loop, self.config = owner, loop, config
-        self._token, self._id, self._dispatch = token, client_id, dispatch
-        self._workers: dict[str, cf.Future] = {}     # loop thread only
+        # direct connections to workers (mpnet.comm.pool), loop thread only
+        self._workers = Pool(loop, config=config, token=token, role="client",
+                             info={"id": client_id}, handler=dispatch)
 
     def fetch(self, futures: list, timeout: float | None) -> list:
         """The values of ``futures`` (``timeout`` in seconds), fetched where needed.
@@ -94,27 +95,8 @@ class Fetcher:
         return [f._result for f in futures]
 
     def _get_data(self, worker: str, keys: list[str]) -> cf.Future:
-        """Loop thread: GET_DATA on a (cached) direct connection to ``worker``."""
-        result: cf.Future = cf.Future()
-        conn_fut = self._workers.get(worker)
-        if conn_fut is None or (conn_fut.done() and (conn_fut.exception() or
-                                                     conn_fut.result().closed)):
-            conn_fut = self._workers[worker] = connect(
-                self.loop, worker, config=self.config, token=self._token, role="client",
-                info={"id": self._id}, handler=self._dispatch, timeout=2.0)
-
-        def connected(f: cf.Future) -> None:
-            if f.exception() is not None:
-                result.set_exception(f.exception())
-                return
-            req = f.result().request(Msg.GET_DATA, keys)
-            req.add_done_callback(lambda r: result.set_exception(r.exception())
-                                  if r.exception() else result.set_result(r.result()))
-        conn_fut.add_done_callback(connected)
-        return result
+        """Loop thread: GET_DATA on the pooled direct connection to ``worker``."""
+        return self._workers.request(worker, Msg.GET_DATA, keys)
 
     def close_on_loop(self) -> None:
-        for f in self._workers.values():
-            if f.done() and not f.exception():
-                f.result().close()
-        self._workers.clear()
+        self._workers.close()

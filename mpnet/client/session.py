@@ -33,8 +33,8 @@ import weakref
 from typing import Any
 
 from ..comm.connection import Connection
-from ..comm.endpoints import connect, connect_sync
 from ..comm.dispatch import Dispatcher
+from ..comm.link import Link
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, loads, loads_exception
 from ..errors import (ClusterClosedError, CommClosedError, KeyConflictError,
@@ -63,7 +63,6 @@ class Session:
         self.lock = threading.RLock()
         self._changed = threading.Condition(self.lock)
         self.status = "connecting"
-        self.link: Connection | None = None
         self.futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
         self.dispatch = Dispatcher("client", {
             Msg.TASK_DONE: self._task_done,
@@ -71,17 +70,28 @@ class Session:
             Msg.TASK_CANCELLED: self._task_cancelled,
             Msg.TASK_LOST: self._task_lost,
         }, with_conn=False)
+        # The one reconnecting link (mpnet.comm.link); ``link`` is its registered
+        # connection, replaced by the loop thread after a reconnect.
+        self._link = Link(loop, address, config=config, token=token, role="client",
+                          info={"id": client_id}, handler=self.dispatch,
+                          register=lambda conn: conn.request(Msg.REGISTER_CLIENT, client_id,
+                                                             get_versions()),
+                          name=f"client {client_id}", on_lost=self._link_lost,
+                          on_restored=self._reconnected, on_gave_up=self._gave_up,
+                          on_too_large=self._too_large)
+
+    @property
+    def link(self) -> Connection | None:
+        return self._link.conn
 
     def connect(self, timeout: float | None) -> dict:
         """Connect and register (the calling thread waits): the scheduler's welcome."""
-        link = connect_sync(self.loop, self.address, config=self.config, token=self.token,
-                            role="client", info={"id": self.id}, handler=self.dispatch,
-                            on_close=self._link_lost, timeout=timeout,
-                            on_waiting=log.warning)
-        link.on_too_large = self._too_large
-        with self.lock:
-            self.link = link
-        welcome = self.request(Msg.REGISTER_CLIENT, self.id, get_versions(), timeout=timeout)
+        try:
+            welcome = self._link.open(timeout, on_waiting=log.warning)
+        except CommClosedError as e:
+            if isinstance(e, TimeoutError):
+                raise
+            raise ClusterClosedError(f"lost the scheduler at {self.address}: {e}") from None
         self._set_status("open", only_from=("connecting",))
         return welcome
 
@@ -155,9 +165,7 @@ class Session:
 
     def request(self, *msg: Any, timeout: float | None = None) -> Any:
         def on_loop() -> cf.Future:
-            if self.link is None:
-                raise CommClosedError("not connected")
-            return self.link.request(*msg)
+            return self._link.request(*msg)    # (waits for a reconnect, if any)
         try:
             return self.loop.run_sync(on_loop).result(timeout)
         except CommClosedError as e:
@@ -222,47 +230,26 @@ class Session:
         else:
             fut._set_error(_LOST.get(kind, WorkerLostError)(reason))
 
-    # --- losing the link and getting it back (loop thread) --------------------------
-    def _link_lost(self, conn: Connection, exc: BaseException | None) -> None:
-        if conn is not self.link:
-            return
+    # --- losing the link and getting it back (loop thread; the link reconnects) -----
+    def _link_lost(self, exc: BaseException | None) -> None:
         # Failed first, then the status changes: whoever sees "reconnecting" finds its
         # earlier futures failed. A SUBMIT queued meanwhile meets the closed link and
         # fails its own future (_send_on_loop).
         self.fail_pending(f"the connection to the scheduler at {self.address} was lost"
                           f"{f' ({exc})' if exc else ''}: its tasks are gone; resubmit "
                           "them (the client reconnects by itself)")
-        if not self._set_status("reconnecting", only_from=("open",)):
-            return
-        log.warning("client %s lost its scheduler %s (%s); reconnecting for up to %.0fs",
-                    self.id, self.address, exc or "closed", self.config.death_timeout)
-        connect(self.loop, self.address, config=self.config, token=self.token,
-                role="client", info={"id": self.id}, handler=self.dispatch,
-                on_close=self._link_lost, timeout=self.config.death_timeout,
-                retry_impostors=True
-                ).add_done_callback(self._reconnected)
+        if self._set_status("reconnecting", only_from=("open",)):
+            log.warning("client %s lost its scheduler %s (%s); reconnecting for up to "
+                        "%.0fs", self.id, self.address, exc or "closed",
+                        self.config.death_timeout)
 
-    def _reconnected(self, fut: cf.Future) -> None:
-        if fut.exception() is not None:
-            if self._set_status("disconnected", only_from=("reconnecting",)):
-                log.error("client %s: the scheduler did not come back: %s", self.id,
-                          fut.exception())
-            return
-        with self.lock:
-            if self.status != "reconnecting":     # closed meanwhile
-                fut.result().close()
-                return
-            self.link = fut.result()
-            self.link.on_too_large = self._too_large
+    def _reconnected(self, welcome: Any) -> None:
+        if self._set_status("open", only_from=("reconnecting",)):
+            log.info("client %s reconnected to %s", self.id, self.address)
 
-        def registered(reply: cf.Future) -> None:
-            if reply.exception() is None:
-                if self._set_status("open", only_from=("reconnecting",)):
-                    log.info("client %s reconnected to %s", self.id, self.address)
-            else:
-                self._set_status("disconnected", only_from=("reconnecting",))
-        self.link.request(Msg.REGISTER_CLIENT, self.id, get_versions()
-                          ).add_done_callback(registered)
+    def _gave_up(self, error: BaseException) -> None:
+        if self._set_status("disconnected", only_from=("reconnecting",)):
+            log.error("client %s: the scheduler did not come back: %s", self.id, error)
 
     def wait_open(self, timeout: float) -> None:
         """Block while reconnecting (``timeout`` seconds at most)."""
@@ -283,8 +270,4 @@ class Session:
         return True
 
     def close_on_loop(self) -> None:
-        link = self.link
-        if link is not None:
-            link.on_close = None
-            link.flush()
-            link.close()
+        self._link.close()

@@ -28,8 +28,9 @@ from typing import Any
 from ..comm.addressing import address_scheme, advertised_host, parse_address
 from ..comm.auth import resolve_server_token, token_arg
 from ..comm.connection import Connection
-from ..comm.endpoints import Listener, connect, connect_sync, listen_on_any
+from ..comm.endpoints import Listener, listen_on_any
 from ..comm.eventloop import EventLoop
+from ..comm.link import Link
 from ..comm.dispatch import Dispatcher
 from ..comm.protocol import Msg
 from ..config import Config, make_config
@@ -109,7 +110,7 @@ class Nanny:
                 self.env[var] = str(nthreads)
         self._own_loop = loop is None
         self.loop = loop or EventLoop("mpnet-nanny-loop")
-        self.scheduler: Connection | None = None
+        self.scheduler: Link | None = None
         self.listener: Listener | None = None
         self.process: WorkerProcess | None = None
         self.worker_address = ""
@@ -164,12 +165,14 @@ class Nanny:
                 preload.setup(self)
             for plugin in self.plugins.values():
                 getattr(plugin, "setup", lambda n: None)(self)
-            self.scheduler = connect_sync(
+            self.scheduler = Link(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
                 role="nanny", info={"address": self.address}, handler=self._dispatch,
-                on_close=self._scheduler_closed)
-            self.loop.run_sync(self.scheduler.request, Msg.REGISTER_NANNY,
-                               {"address": self.address}).result(self.config.connect_timeout)
+                register=lambda conn: conn.request(Msg.REGISTER_NANNY,
+                                                   {"address": self.address}),
+                name=self.id, on_lost=self._scheduler_lost,
+                on_restored=self._scheduler_back, on_gave_up=self._scheduler_gone)
+            self.scheduler.open()
             self.loop.run_sync(self._spawn)
         except BaseException:
             self.close()
@@ -261,8 +264,6 @@ class Nanny:
 
     def _drop_connections(self) -> None:
         if self.scheduler is not None:
-            self.scheduler.on_close = None
-            self.scheduler.flush()
             self.scheduler.close()
         if self.listener is not None:
             self.listener.close()
@@ -427,31 +428,23 @@ class Nanny:
         log.info("%s asked to close: %s", self.id, reason)
         self._close_in_background()
 
-    def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
-        if self._status not in ("running", "restarting"):
-            return
-        log.warning("%s lost its scheduler (%s); trying to reach it again for %.0fs",
-                    self.id, exc or "closed", self.config.death_timeout)
-        connect(self.loop, self.scheduler_address, config=self.config, token=self.token,
-                role="nanny", info={"address": self.address}, handler=self._dispatch,
-                on_close=self._scheduler_closed, timeout=self.config.death_timeout,
-                retry_impostors=True
-                ).add_done_callback(self._reconnected)
+    # The link (mpnet.comm.link) reconnects and registers again; the nanny only says so
+    # (loop thread). Exit reports sent meanwhile wait in the link for the reconnect.
+    def _scheduler_lost(self, exc: BaseException | None) -> None:
+        if self._status in ("running", "restarting"):
+            log.warning("%s lost its scheduler (%s); trying to reach it again for %.0fs",
+                        self.id, exc or "closed", self.config.death_timeout)
 
-    def _reconnected(self, fut: Future) -> None:
-        if self._status not in ("running", "restarting"):
-            if fut.exception() is None:
-                fut.result().close()
-            return
-        if fut.exception() is not None:
-            log.error("%s: the scheduler at %s did not come back within %.0fs (%s); "
-                      "stopping", self.id, self.scheduler_address, self.config.death_timeout,
-                      fut.exception())
-            self._close_in_background()
-            return
-        self.scheduler = fut.result()
-        self.scheduler.request(Msg.REGISTER_NANNY, {"address": self.address})
+    def _scheduler_back(self, answer: object) -> None:
         log.info("%s: reconnected to the scheduler at %s", self.id, self.scheduler_address)
+
+    def _scheduler_gone(self, error: BaseException) -> None:
+        if self._status not in ("running", "restarting"):
+            return
+        log.error("%s: the scheduler at %s did not come back within %.0fs (%s); "
+                  "stopping", self.id, self.scheduler_address, self.config.death_timeout,
+                  error)
+        self._close_in_background()
 
     def __repr__(self) -> str:
         return f"<Nanny {self.id} worker={self.worker_address or '-'} {self._status}>"

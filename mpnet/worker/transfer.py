@@ -13,7 +13,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ..comm.connection import Connection
-from ..comm.endpoints import connect
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, dumps_exception
 from ..errors import FrameTooLargeError
@@ -36,7 +35,8 @@ class Transfer:
         _owned: set
         _borrowed: dict
         _fetching: dict
-        _peers: dict
+        from ..comm.pool import Pool
+        _peers: Pool
         _dispatch_peer: Any
         _release_inputs: Any
 
@@ -145,13 +145,8 @@ class Transfer:
                 .add_done_callback(got) if f.exception() is None else got(f))
 
     def _peer(self, address: str) -> Future:
-        """A (cached) connection to another worker; the future resolves on the loop."""
-        peer = self._peers.get(address)
-        if peer is None or (peer.done() and (peer.exception() or peer.result().closed)):
-            peer = self._peers[address] = connect(
-                self.loop, address, config=self.config, token=self.token, role="worker",
-                info={"address": self.address}, handler=self._dispatch_peer, timeout=2.0)
-        return peer
+        """A connection to another worker, from the pool; it resolves on the loop."""
+        return self._peers.get(address)
 
     def _get_data(self, conn: Connection, req_id: int, keys: list) -> None:
         found = []

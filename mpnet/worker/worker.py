@@ -26,8 +26,10 @@ import psutil
 from ..comm.addressing import address_scheme, advertised_host, parse_address
 from ..comm.auth import resolve_server_token, token_arg
 from ..comm.connection import Connection
-from ..comm.endpoints import Listener, connect, connect_sync, listen_on_any
+from ..comm.endpoints import Listener, listen_on_any
 from ..comm.eventloop import EventLoop
+from ..comm.link import Link
+from ..comm.pool import Pool
 from ..comm.dispatch import Dispatcher
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, dumps, dumps_exception, loads, loads_task_args
@@ -138,11 +140,11 @@ class Worker(Transfer):
                                  if running is not None else None)
         self.address = ""
         self.listener: Listener | None = None
-        self.scheduler: Connection | None = None
+        self.scheduler: Link | None = None
         self._owned: set[str] = set()          # keys the scheduler placed here
         self._borrowed: dict[str, int] = {}     # fetched inputs → tasks still using them
         self._fetching: dict[str, list[str]] = {}
-        self._peers: dict[str, Future] = {}
+        self._peers: Pool | None = None         # made in start(), once we have an address
         self._functions: dict[bytes, Any] = {}
         self._run_threads: set[threading.Thread] = set()
         self._heartbeat_timer = None
@@ -205,11 +207,16 @@ class Worker(Transfer):
                 preload.setup(self)
             for plugin in self.plugins.values():
                 self._setup_plugin(plugin)
-            self.scheduler = connect_sync(
+            self._peers = Pool(self.loop, config=self.config, token=self.token,
+                               role="worker", info={"address": self.address},
+                               handler=self._dispatch_peer)
+            self.scheduler = Link(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
                 role="worker", info={"address": self.address}, handler=self._dispatch,
-                on_close=self._scheduler_closed)
-            self.loop.run_sync(self._register).result(self.config.connect_timeout)
+                register=self._register, name=f"worker {self.address}",
+                on_lost=self._scheduler_lost, on_restored=self._scheduler_back,
+                on_gave_up=self._scheduler_gone)
+            self.scheduler.open()
         except BaseException:
             self._status = "running"   # so close() frees what start() made
             self.close()
@@ -224,8 +231,8 @@ class Worker(Transfer):
         log.info("Registered to: %s", self.scheduler_address)
         return self
 
-    def _register(self) -> Future:
-        return self.scheduler.request(Msg.REGISTER_WORKER, {
+    def _register(self, conn: Connection) -> Future:
+        return conn.request(Msg.REGISTER_WORKER, {
             "address": self.address, "nthreads": self.nthreads, "name": self.name,
             "pid": os.getpid(), "nanny": self.nanny, "resources": self.resources,
             "memory_limit": self.memory_limit, "versions": get_versions()})
@@ -289,17 +296,12 @@ class Worker(Transfer):
         self._stopped.set()
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.cancel()
-        for fut in self._peers.values():
-            if fut.done() and not fut.exception():
-                fut.result().close()
-        self._peers.clear()
+        if self._peers is not None:
+            self._peers.close()
         if self._actor_caller is not None:
             self._actor_caller.close()
         if self.scheduler is not None:
-            self.scheduler.on_close = None
-            self.scheduler.send([Msg.GOODBYE, self._stop_reason or "closed"])
-            self.scheduler.flush()
-            self.scheduler.close()
+            self.scheduler.close(farewell=[Msg.GOODBYE, self._stop_reason or "closed"])
         if self.listener is not None:
             self.listener.close()
         self.tasks.clear()
@@ -321,7 +323,9 @@ class Worker(Transfer):
         if self.on_leave is not None:
             self.on_leave(reason)
 
-    def _scheduler_closed(self, conn: Connection, exc: BaseException | None) -> None:
+    # The link (mpnet.comm.link) reconnects and registers again; these say what the
+    # worker does meanwhile (loop thread).
+    def _scheduler_lost(self, exc: BaseException | None) -> None:
         if self._status != "running":
             return
         log.warning("worker %s lost its scheduler %s (%s); trying to reach it again for "
@@ -334,36 +338,21 @@ class Worker(Transfer):
         self._owned.clear()
         self._borrowed.clear()
         self._fetching.clear()
-        connect(self.loop, self.scheduler_address, config=self.config, token=self.token,
-                role="worker", info={"address": self.address}, handler=self._dispatch,
-                on_close=self._scheduler_closed, timeout=self.config.death_timeout,
-                retry_impostors=True
-                ).add_done_callback(self._reconnected)
 
-    def _reconnected(self, fut: Future) -> None:
+    def _scheduler_back(self, answer: object) -> None:
         if self._status != "reconnecting":
-            if fut.exception() is None:
-                fut.result().close()
             return
-        if fut.exception() is not None:
-            log.error("worker %s: could not reach its scheduler again (%s); stopping",
-                      self.address, fut.exception())
-            self._leave("scheduler-gone")
-            self.stop_serving("the scheduler is gone")
-            return
-        self.scheduler = fut.result()
+        self._status = "running"
+        log.info("worker %s registered again to %s", self.address, self.scheduler_address)
+        self._heartbeat()
 
-        def registered(reply: Future) -> None:
-            if reply.exception() is not None:
-                log.error("worker %s: could not register again: %s", self.address,
-                          reply.exception())
-                self._leave("scheduler-gone")
-                self.stop_serving("registration refused")
-                return
-            self._status = "running"
-            log.info("worker %s registered again to %s", self.address, self.scheduler_address)
-            self._heartbeat()
-        self._register().add_done_callback(registered)
+    def _scheduler_gone(self, error: BaseException) -> None:
+        if self._status in ("closing", "closed"):
+            return
+        log.error("worker %s: could not reach its scheduler again (%s); stopping",
+                  self.address, error)
+        self._leave("scheduler-gone")
+        self.stop_serving("the scheduler is gone")
 
     def _close_requested(self, conn: Connection, reason: str, leave: str = "") -> None:
         if leave == "retired":
