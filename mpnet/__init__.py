@@ -14,7 +14,7 @@ from .diagnostics.progress import progress
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
                      CommClosedError, ConnectTimeoutError, FrameTooLargeError,
                      InvalidSchedulerFileError, KeyConflictError, KilledWorkerError,
-                     MpnetError, PreloadError, PreloadOptionError, ProtocolError, RankError,
+                     LinkLostError, MpnetError, PreloadError, PreloadOptionError, ProtocolError, RankError,
                      SchedulerFileError, SchedulerFileTimeoutError, SerializationError,
                      SSHError, StaleSchedulerFileError, TLSError, TokenFileError,
                      UnsatisfiableError, VersionMismatchError, WorkerLostError)
@@ -42,6 +42,7 @@ __all__ = [
     "FrameTooLargeError", "TokenFileError", "TLSError", "SchedulerFileError",
     "SchedulerFileTimeoutError", "StaleSchedulerFileError", "InvalidSchedulerFileError",
     "PreloadError", "PreloadOptionError", "SSHError", "RankError",
+    "LinkLostError",
     "SSHCluster",
 ]
 
