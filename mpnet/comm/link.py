@@ -22,8 +22,9 @@ sends can overtake the REGISTER.
 
 A message never disappears: while the link is connecting or reconnecting ``send``
 queues it (``config.link_queue_limit`` at most; one more raises) and ``request`` gives a
-future that is answered after the reconnect; once the link has given up or was closed,
-``send`` raises :class:`~mpnet.errors.LinkLostError` and ``request`` fails with it.
+future that is answered after the reconnect; once the link has given up, ``send``
+raises :class:`~mpnet.errors.LinkLostError` and ``request`` fails with it (after the
+owner's own ``close()`` a late ``send`` is only logged at debug: the owner is done).
 Requests already sent on a connection that dropped fail with ``CommClosedError`` (their
 answer is gone with it), as on any connection.
 """
@@ -39,6 +40,7 @@ from typing import Any, Callable
 from ..config import Config
 from ..errors import CommClosedError, ConnectTimeoutError, LinkLostError
 from ..lifecycle import Lifecycle, Status
+from .addressing import parse_address
 from .connection import Connection
 from .endpoints import connect
 from .eventloop import EventLoop
@@ -140,6 +142,7 @@ class Link:
         ``timeout`` (seconds, ``config.connect_timeout`` by default) bounds the dial;
         the first connection fails at once on a wrong token (no impostor retry: the
         user should hear of a wrong address or token now, not after death_timeout)."""
+        parse_address(self.address)       # a malformed address: ValueError, here and now
         self._life.move(S.CONNECTING)
         result: Future = Future()
 
@@ -147,8 +150,13 @@ class Link:
             if self._life.state is not S.CONNECTING:
                 result.set_exception(self._down_error("was closed while connecting"))
                 return
-            self._dial = connect(self.loop, self.address, timeout=timeout,
-                                 on_waiting=on_waiting, **self._dial_kw)
+            try:
+                self._dial = connect(self.loop, self.address, timeout=timeout,
+                                     on_waiting=on_waiting, **self._dial_kw)
+            except Exception as e:   # handed to the waiting thread, which raises it
+                self._life.move(S.FAILED, only_from=(S.CONNECTING,))
+                result.set_exception(e)
+                return
             self._dial.add_done_callback(lambda f: self._first_dialed(f, result))
         if self.loop.in_loop_thread():
             dial()
@@ -305,11 +313,16 @@ class Link:
 
     # --- sending ---------------------------------------------------------------------
     def send(self, msg: list) -> None:
-        """Send ``msg``; queued while (re)connecting. Raises LinkLostError when down
-        for good or when the queue is full."""
+        """Send ``msg``; queued while (re)connecting. Raises LinkLostError when it gave
+        up or failed, or when the queue is full. After the owner's own ``close()`` it
+        is dropped with a debug line: the owner said it had nothing more to send, and a
+        thread still ending then (an actor's) must not fail for it."""
         conn = self._conn
         if conn is not None and conn.state == "open":
             conn.send(msg)
+        elif self._life.state is S.CLOSED:
+            log.debug("%s: not sent, the link to %s is closed: %s", self.name,
+                      self.address, msg[0])
         else:
             self._enqueue(msg, None)
 

@@ -168,6 +168,7 @@ def test_close_while_reconnecting_stops_it_and_fails_what_waits(loop):
     loop.run_sync(link.close)
     with pytest.raises(LinkLostError, match="closed"):
         pending.result(timeout=5)
+    loop.run_sync(link.send, [Msg.HEARTBEAT, {}])   # late, after the owner's close: no error
     server = Server(port)       # nobody dials it any more
     try:
         assert not link.wait_for(Status.OPEN, timeout=0.5)
