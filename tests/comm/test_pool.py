@@ -79,7 +79,7 @@ def test_concurrent_asks_share_one_connection(loop, peer):
         for t in threads:
             t.join(10)
         conns = {f.result(timeout=10) for f in asked}
-        assert len(conns) == 1 and len(peer.opened) == 1
+        assert len(conns) == 1
         answer = loop.run_sync(pool.request, peer.address, Msg.GET_DATA, ["a", "b"])
         assert answer.result(timeout=10) == [["a", "A"], ["b", "B"]]
         assert len(peer.opened) == 1
@@ -96,7 +96,9 @@ def test_a_closed_connection_leaves_the_pool_and_the_next_ask_dials_again(loop, 
         wait_for(lambda: lost == [peer.address], what="the pool to hear of the close")
         assert loop.run_sync(lambda: peer.address not in pool)
         second = loop.run_sync(pool.get, peer.address).result(timeout=10)
-        assert second is not first and not second.closed and len(peer.opened) == 2
+        assert second is not first and not second.closed
+        # (the peer's side of the handshake may finish a moment after ours)
+        wait_for(lambda: len(peer.opened) == 2, what="the second connection at the peer")
     finally:
         loop.run_sync(pool.close)
 
