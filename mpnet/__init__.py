@@ -14,7 +14,8 @@ from .diagnostics.progress import progress
 from .errors import (ActorDiedError, AuthenticationError, CancelledError, ClusterClosedError,
                      CommClosedError, ConnectTimeoutError, FrameTooLargeError,
                      InvalidSchedulerFileError, KeyConflictError, KilledWorkerError,
-                     LinkLostError, MpnetError, PreloadError, PreloadOptionError, ProtocolError, RankError,
+                     LifecycleError, LinkLostError, MpnetError, PreloadError,
+                     PreloadOptionError, ProtocolError, RankError,
                      SchedulerFileError, SchedulerFileTimeoutError, SerializationError,
                      SSHError, StaleSchedulerFileError, TLSError, TokenFileError,
                      UnsatisfiableError, VersionMismatchError, WorkerLostError)
@@ -41,7 +42,7 @@ __all__ = [
     "KilledWorkerError", "ActorDiedError", "VersionMismatchError", "CancelledError",
     "FrameTooLargeError", "TokenFileError", "TLSError", "SchedulerFileError",
     "SchedulerFileTimeoutError", "StaleSchedulerFileError", "InvalidSchedulerFileError",
-    "PreloadError", "PreloadOptionError", "SSHError", "RankError",
+    "PreloadError", "PreloadOptionError", "SSHError", "RankError", "LifecycleError",
     "LinkLostError",
     "SSHCluster",
 ]
