@@ -50,6 +50,10 @@ class Config:
     oob_threshold: int = 64 * 1024
     #: results up to this size travel inline with the completion message
     inline_result_bytes: int = 64 * 1024
+    #: workers on one host hand each other buffers of shm_min_bytes and more through
+    #: shared memory (/dev/shm) instead of TCP (docs/data.md); False: always TCP
+    shm_enabled: bool = True
+    shm_min_bytes: int = 1 << 20
     # --- scheduling --------------------------------------------------------------
     #: tasks sent ahead to a worker beyond its thread count, so it never starves
     #: while the next assignment is on the wire; the rest wait at the scheduler
