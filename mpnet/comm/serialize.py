@@ -87,7 +87,8 @@ def dumps(obj: Any, *, oob_threshold: int = 64 * 1024, what: str = "object") -> 
 def loads(payload: Payload, *, what: str = "object") -> Any:
     kind = payload.kind
     if kind == RAW_BYTES:
-        return bytes(payload.buffers[0])
+        buf = payload.buffers[0]    # received as bytes (mpnet.comm.protocol): no copy
+        return buf if type(buf) is bytes else bytes(buf)
     if kind == RAW_BYTEARRAY:
         return bytearray(payload.buffers[0])
     try:
