@@ -29,7 +29,8 @@ from typing import Any
 import msgpack
 
 from ..errors import ProtocolError
-from .serialize import RAW_BYTES, Payload
+from . import shm
+from .serialize import RAW_BYTES, SHM, Payload
 
 __all__ = ["PROTOCOL_VERSION", "Msg", "FrameEncoder", "FrameDecoder", "HEADER",
            "encode_handshake", "decode_handshake", "RUNNING_KEY_BYTES",
@@ -298,6 +299,8 @@ class FrameDecoder:
                 header = bytes(mine.pop(0))
             else:
                 header = data[_PAYLOAD_HDR.size:]
+            if kind == SHM:      # a same-host peer's segment: mapped now, read-only
+                return _attach(header)
             return Payload(kind, header, mine)
         try:
             messages = msgpack.unpackb(body, ext_hook=ext_hook, raw=False,
@@ -312,6 +315,15 @@ class FrameDecoder:
             if not isinstance(m, list) or not m or not isinstance(m[0], int):
                 raise ProtocolError(f"malformed message {str(m)[:80]!r}")
         return messages
+
+
+def _attach(ref: bytes) -> Payload:
+    try:
+        return shm.attach(ref)
+    except (OSError, ValueError, TypeError, msgpack.UnpackException) as e:
+        # Gone already (its key released, its producer dead) or not one of ours: the
+        # connection drops, and the fetch fails like one from a dead peer.
+        raise ProtocolError(f"cannot map the shared memory a peer named: {e}") from None
 
 
 def _receive_buffer(n: int) -> tuple[bytearray | mmap.mmap, memoryview]:

@@ -29,6 +29,7 @@ __all__ = ["Payload", "dumps", "loads", "dumps_task_args", "loads_task_args",
 PICKLE = 0       # header is a pickle stream, buffers are its out-of-band buffers
 RAW_BYTES = 1    # buffers[0] is the object itself (bytes)
 RAW_BYTEARRAY = 2
+SHM = 3          # header names a shared-memory segment (mpnet.comm.shm), no buffers
 EMPTY = b""
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import psutil
 
+from ..comm import shm
 from ..comm.eventloop import EventLoop
 from ..config import tune_gc
 from ..errors import PreloadOptionError
@@ -241,6 +242,7 @@ class WorkerProcess:
         if self.pipe is not None:
             self.pipe.close()
         if self.process is not None and not self.process.is_alive():
+            shm.sweep(self.process.pid)    # what a killed worker could not unlink
             self.process.close()
 
 

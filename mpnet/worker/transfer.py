@@ -12,6 +12,7 @@ import logging
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from ..comm import shm
 from ..comm.connection import Connection
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, dumps_exception
@@ -150,10 +151,11 @@ class Transfer:
 
     def _get_data(self, conn: Connection, req_id: int, keys: list) -> None:
         found = []
+        shm_min = shm.threshold(self.config, conn.peer_info)   # 0: not on this host
         for key in keys:
             if key in self.store:
                 try:
-                    found.append([key, self.store.payload(key)])
+                    found.append([key, self.store.payload(key, shm_min=shm_min)])
                 except Exception as e:
                     log.error("cannot serialize %s for a peer: %s", key, e)
         conn.reply(req_id, True, found)

@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from ..comm import shm
 from ..comm.addressing import address_scheme, advertised_host, parse_address
 from ..comm.auth import resolve_server_token, token_arg
 from ..comm.connection import Connection
@@ -208,7 +209,8 @@ class Worker(Transfer):
             for plugin in self.plugins.values():
                 self._setup_plugin(plugin)
             self._peers = Pool(self.loop, config=self.config, token=self.token,
-                               role="worker", info={"address": self.address},
+                               role="worker",
+                               info={"address": self.address, **shm.advertise(self.config)},
                                handler=self._dispatch_peer)
             self.scheduler = Link(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
