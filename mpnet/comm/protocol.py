@@ -23,14 +23,13 @@ import enum
 import hashlib
 import mmap
 import struct
-import sys
 from typing import Any
 
 import msgpack
 
 from ..errors import ProtocolError
 from . import shm
-from .serialize import RAW_BYTES, SHM, Payload
+from .serialize import RAW_BYTES, SHM, Payload, uninitialized_bytes
 
 __all__ = ["PROTOCOL_VERSION", "Msg", "FrameEncoder", "FrameDecoder", "HEADER",
            "encode_handshake", "decode_handshake", "RUNNING_KEY_BYTES",
@@ -348,30 +347,14 @@ def _receive_buffer(n: int) -> tuple[bytearray | mmap.mmap, memoryview]:
 
 
 def _receive_bytes(n: int) -> tuple[bytes | bytearray | mmap.mmap, memoryview]:
-    """An uninitialised ``bytes`` of ``n`` bytes and a writable view of it, filled by
-    ``recv_into`` before anyone else sees it: a large ``bytes`` payload then needs no
-    copy out of a receive buffer (a copy of 100 MB costs as much as receiving it).
-    Outside CPython, a buffer (copied to bytes when unpickled)."""
-    if _new_bytes is None:
-        return _receive_buffer(n)
+    """An uninitialised ``bytes`` of ``n`` bytes and a writable view to ``recv_into``:
+    a large ``bytes`` payload then needs no copy out of a receive buffer (a copy of
+    100 MB costs as much as receiving it). Outside CPython, a buffer (copied at unpickle)."""
     try:
-        obj = _new_bytes(None, n)      # malloc: large ones are fresh pages, not zeroed
+        made = uninitialized_bytes(n)
     except MemoryError:
         raise ProtocolError(f"cannot allocate the {n} bytes a frame announces") from None
-    view = memoryview((ctypes.c_ubyte * n).from_address(id(obj) + _BYTES_OFFSET)).cast("B")
-    return obj, view
-
-
-try:
-    import ctypes
-    if sys.implementation.name != "cpython":
-        raise ImportError("the bytes layout below is CPython's")
-    _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
-    _new_bytes.restype = ctypes.py_object
-    _new_bytes.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
-    _BYTES_OFFSET = bytes.__basicsize__ - 1     # where ob_sval, the data, starts
-except (ImportError, AttributeError):
-    _new_bytes = None
+    return made if made is not None else _receive_buffer(n)
 
 
 def encode_handshake(obj: Any) -> bytes:

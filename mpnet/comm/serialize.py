@@ -13,8 +13,10 @@ writes a persistent reference instead; the worker's unpickler puts the values ba
 
 from __future__ import annotations
 
+import ctypes
 import io
 import pickle
+import sys
 import traceback
 from typing import Any, Callable, Iterable
 
@@ -24,7 +26,7 @@ from ..errors import RemoteTraceback, SerializationError
 
 __all__ = ["Payload", "dumps", "loads", "dumps_task_args", "loads_task_args",
            "dumps_exception", "loads_exception", "encode_value", "decode_value",
-           "encode_args", "decode_args"]
+           "encode_args", "decode_args", "uninitialized_bytes"]
 
 PICKLE = 0       # header is a pickle stream, buffers are its out-of-band buffers
 RAW_BYTES = 1    # buffers[0] is the object itself (bytes)
@@ -228,3 +230,32 @@ def decode_args(args: Any, kwargs: Any) -> tuple[tuple, dict]:
     if isinstance(args, Payload):
         return loads(args, what="arguments")
     return tuple(args), kwargs or {}
+
+
+# --- receiving large bytes without a copy ---------------------------------------------------
+
+def _bytes_maker() -> Callable | None:
+    if sys.implementation.name != "cpython":
+        return None          # the layout below is CPython's
+    try:
+        make = ctypes.pythonapi.PyBytes_FromStringAndSize
+    except AttributeError:
+        return None
+    make.restype = ctypes.py_object
+    make.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
+    return make
+
+
+_new_bytes = _bytes_maker()
+_BYTES_OFFSET = bytes.__basicsize__ - 1     # where a bytes object's data (ob_sval) starts
+
+
+def uninitialized_bytes(n: int) -> tuple[bytes, memoryview] | None:
+    """A new ``bytes`` of ``n`` bytes, not yet filled, and a writable view of its data
+    (None outside CPython). Whoever calls this fills it before anyone else sees it: a
+    ``bytes`` is immutable once shared (its hash is cached on first use)."""
+    if _new_bytes is None:
+        return None
+    obj = _new_bytes(None, n)     # malloc: large ones are fresh pages, never zero-filled
+    view = memoryview((ctypes.c_ubyte * n).from_address(id(obj) + _BYTES_OFFSET)).cast("B")
+    return obj, view

@@ -3,8 +3,10 @@
 ::
 
     producer (worker A)                               consumer (worker B, same host)
-    GET_DATA from a same-host peer ──► export(payload):
-      its buffers copied once into /dev/shm/mpnet-<pid>-<n>
+    a large result, on the executor thread ──► export(payload): its buffers copied
+      once into /dev/shm/mpnet-<pid>-<n> (other large values: at the first GET_DATA
+      from a same-host peer)
+    GET_DATA from a same-host peer ──►
       reply: Payload(SHM, [kind, header, name, spans])  ──► decoder: attach(): map the
                                                             file read-only, unpickle onto it
     key released / worker closed ──► unlink(name)           (a mapping outlives the name)
@@ -27,13 +29,14 @@ import mmap
 import os
 import socket
 import stat
+import weakref
 
 import msgpack
 
-from .serialize import SHM, Payload
+from .serialize import RAW_BYTES, SHM, Payload, uninitialized_bytes
 
-__all__ = ["available", "host_id", "advertise", "threshold", "export", "attach", "unlink",
-           "sweep", "PREFIX"]
+__all__ = ["available", "host_id", "advertise", "local_threshold", "threshold", "Segment",
+           "export", "attach", "unlink", "sweep", "PREFIX"]
 
 log = logging.getLogger("mpnet.comm")
 
@@ -69,6 +72,12 @@ def advertise(config) -> dict:
     return {"host": host_id()} if config.shm_enabled and available() else {}
 
 
+def local_threshold(config) -> int:
+    """Bytes from which this process's results go into shared memory as they are
+    stored (0: never), so that a peer on this host maps them without waiting for a copy."""
+    return config.shm_min_bytes if config.shm_enabled and available() else 0
+
+
 def threshold(config, peer_info: dict) -> int:
     """Bytes from which a value goes to this peer through shared memory; 0: never (it
     is on another host, a client, or one side has shared memory off)."""
@@ -83,9 +92,23 @@ def _path(name: str) -> str:
     return os.path.join(DIRECTORY, name)
 
 
-def export(payload: Payload) -> tuple[Payload, str]:
-    """Copy ``payload``'s buffers into a new segment; return the payload that names it
-    (no buffers: a few dozen bytes on the wire) and the segment's name."""
+class Segment:
+    """A segment this process made: ``ref`` is the payload that names it (no buffers: a
+    few dozen bytes on the wire). Unlinked by :meth:`close`, or when it is dropped (a
+    result thrown away before it was stored must not leave its segment behind)."""
+
+    __slots__ = ("name", "ref", "_unlink", "__weakref__")
+
+    def __init__(self, name: str, ref: Payload):
+        self.name, self.ref = name, ref
+        self._unlink = weakref.finalize(self, unlink, name)
+
+    def close(self) -> None:
+        self._unlink()
+
+
+def export(payload: Payload) -> Segment:
+    """Copy ``payload``'s buffers into a new segment."""
     spans, offset = [], 0
     for buf in payload.buffers:
         n = memoryview(buf).nbytes
@@ -104,7 +127,7 @@ def export(payload: Payload) -> tuple[Payload, str]:
     finally:
         os.close(fd)
     ref = msgpack.packb([payload.kind, payload.header, name, spans], use_bin_type=True)
-    return Payload(SHM, ref, []), name
+    return Segment(name, Payload(SHM, ref, []))
 
 
 def attach(ref: bytes) -> Payload:
@@ -117,11 +140,25 @@ def attach(ref: bytes) -> Payload:
         end = max((start + n for start, n in spans), default=0)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_size < end:
             raise OSError(f"{name} is not a segment of this user's mpnet")
+        if kind == RAW_BYTES and len(spans) == 1:
+            made = uninitialized_bytes(spans[0][1])
+            if made is not None:      # a bytes owns its memory: one copy, by the kernel
+                _read_into(fd, made[1], spans[0][0])
+                return Payload(kind, header, [made[0]])
         m = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED)
     finally:
         os.close(fd)
     view = memoryview(m)
     return Payload(kind, header, [view[start:start + n] for start, n in spans])
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise OSError("shared-memory segment shorter than announced")
+        done += n
 
 
 def unlink(name: str) -> None:

@@ -4,13 +4,15 @@ Each entry keeps the object, its serialized payload, or both, and makes the miss
 one on first use: a result computed here is serialized once (to learn its size and to
 send it); an input fetched from a peer is unpickled only when a task needs it.
 
-A large value asked for by a peer on this host is copied once into a shared-memory
-segment (:mod:`mpnet.comm.shm`), kept with its entry and sent by name from then on; the
-segment is unlinked when the entry goes (pop, clear).
+A large result is copied into a shared-memory segment (:mod:`mpnet.comm.shm`) on the
+executor thread that made it (:meth:`DataStore.share`), other large values when a peer
+on this host first asks for them; peers on this host get the segment's name, others
+the bytes. The segment goes when its entry goes (pop, clear, or a result never stored).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -18,6 +20,8 @@ from ..comm import shm
 from ..comm.serialize import SHM, Payload, dumps, loads
 
 __all__ = ["DataStore"]
+
+log = logging.getLogger("mpnet.worker")
 
 _MISSING = object()
 
@@ -30,12 +34,27 @@ class _Entry:
         self.shared: tuple[Payload, str] | None = None   # (reference, segment name)
 
 
-class DataStore:
-    """Thread-safe enough for one writer (the loop) and many readers (executors)."""
+class _Shared(Payload):
+    """A result's payload and the segment that holds a copy of its buffers."""
 
-    def __init__(self, oob_threshold: int):
+    __slots__ = ("segment",)
+
+    def __init__(self, payload: Payload, segment: shm.Segment):
+        super().__init__(payload.kind, payload.header, payload.buffers)
+        self.segment = segment
+
+
+class DataStore:
+    """Thread-safe enough for one writer (the loop) and many readers (executors).
+
+    ``shm_min``: results whose buffers hold this many bytes or more go into shared
+    memory as they are made (0: never; see :func:`mpnet.comm.shm.local_threshold`).
+    """
+
+    def __init__(self, oob_threshold: int, shm_min: int = 0):
         self._data: dict[str, _Entry] = {}
         self._oob = oob_threshold
+        self._shm_min = shm_min
         self._lock = threading.Lock()
         self.nbytes = 0
 
@@ -54,7 +73,9 @@ class DataStore:
         if old is not None:
             self.nbytes -= old.nbytes
             _unshare(old)
-        self._data[key] = _Entry(value, payload, nbytes)
+        entry = self._data[key] = _Entry(value, payload, nbytes)
+        if type(payload) is _Shared:
+            entry.shared = payload.segment
         self.nbytes += nbytes
 
     def value(self, key: str) -> Any:
@@ -73,13 +94,24 @@ class DataStore:
             entry.payload = dumps(entry.value, oob_threshold=self._oob, what=f"value of {key}")
         if shm_min <= 0 or not entry.payload.buffers:
             return entry.payload
+        if entry.shared is None and entry.payload.kind == SHM:
+            return entry.payload
         if entry.shared is None:
-            payload = entry.payload
-            if payload.kind == SHM or sum(memoryview(b).nbytes
-                                          for b in payload.buffers) < shm_min:
-                return payload
-            entry.shared = shm.export(payload)
-        return entry.shared[0]
+            if _buffer_bytes(entry.payload) < shm_min:
+                return entry.payload
+            entry.shared = shm.export(entry.payload)
+        return entry.shared.ref
+
+    def share(self, payload: Payload) -> Payload:
+        """Executor thread: ``payload`` of a new result, with a shared-memory copy of
+        its buffers if they are large (the copy is made here, off the loop thread)."""
+        if self._shm_min <= 0 or not payload.buffers or _buffer_bytes(payload) < self._shm_min:
+            return payload
+        try:
+            return _Shared(payload, shm.export(payload))
+        except OSError as e:      # /dev/shm full: peers get the bytes over TCP
+            log.warning("cannot put a result in shared memory: %s", e)
+            return payload
 
     def pop(self, key: str) -> None:
         entry = self._data.pop(key, None)
@@ -95,7 +127,11 @@ class DataStore:
             _unshare(entry)
 
 
+def _buffer_bytes(payload: Payload) -> int:
+    return sum(memoryview(b).nbytes for b in payload.buffers)
+
+
 def _unshare(entry: _Entry) -> None:
     if entry.shared is not None:
-        shm.unlink(entry.shared[1])
+        entry.shared.close()
         entry.shared = None

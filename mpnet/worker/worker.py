@@ -135,7 +135,7 @@ class Worker(Transfer):
         self.memory_limit = memory_limit
         self._own_loop = loop is None
         self.loop = loop or EventLoop("mpnet-worker-loop")
-        self.store = DataStore(self.config.oob_threshold)
+        self.store = DataStore(self.config.oob_threshold, shm.local_threshold(self.config))
         self.tasks: dict[str, _Task] = {}
         self.executor = Executor(self.nthreads, running=RunningSlots(running, self.nthreads)
                                  if running is not None else None)
@@ -449,8 +449,8 @@ class Worker(Transfer):
             func = self._function(task.fn)
             args, kwargs = loads_task_args(task.args, {d: self.store.value(d) for d in task.deps})
             value = func(*args, **kwargs)
-            payload = dumps(value, oob_threshold=self.config.oob_threshold,
-                            what=f"result of {task.key}")
+            payload = self.store.share(dumps(value, oob_threshold=self.config.oob_threshold,
+                                             what=f"result of {task.key}"))
             if payload.nbytes > self.config.max_frame_bytes:
                 # It could never leave this worker (for a client, a dependent elsewhere,
                 # a retirement): fail now, clearly, rather than hang the fetch later.
