@@ -130,7 +130,12 @@ def format_bytes(n: float) -> str:
 
 def _from_text(field_type: Any, text: str) -> Any:
     kind = field_type if isinstance(field_type, type) else {"int": int, "float": float,
-                                                             "str": str}[field_type]
+                                                             "str": str, "bool": bool}[field_type]
+    if kind is bool:
+        word = text.strip().lower()
+        if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"{text!r} is not a yes/no value (use 1/0, true/false, on/off)")
+        return word in ("1", "true", "yes", "on")
     if kind is int and not text.strip().lstrip("-").isdigit():
         return parse_bytes(text)
     return kind(text)
