@@ -257,5 +257,22 @@ def uninitialized_bytes(n: int) -> tuple[bytes, memoryview] | None:
     if _new_bytes is None:
         return None
     obj = _new_bytes(None, n)     # malloc: large ones are fresh pages, never zero-filled
-    view = memoryview((ctypes.c_ubyte * n).from_address(id(obj) + _BYTES_OFFSET)).cast("B")
+    start = id(obj) + _BYTES_OFFSET
+    if n >= 2 * _HUGE and _madvise is not None:
+        # 2 MiB pages where the kernel allows (THP "madvise"): far fewer page faults
+        # while the bytes are written; only whole huge pages inside the object
+        first = -(-start // _HUGE) * _HUGE
+        _madvise(first, (start + n - first) // _HUGE * _HUGE, _MADV_HUGEPAGE)
+    view = memoryview((ctypes.c_ubyte * n).from_address(start)).cast("B")
     return obj, view
+
+
+_HUGE = 2 * 1024 * 1024
+_MADV_HUGEPAGE = 14          # Linux
+try:
+    _madvise = ctypes.CDLL(None, use_errno=True).madvise if sys.platform == "linux" else None
+    if _madvise is not None:
+        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _madvise.restype = ctypes.c_int
+except (OSError, AttributeError):
+    _madvise = None

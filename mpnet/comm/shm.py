@@ -117,10 +117,13 @@ def export(payload: Payload) -> Segment:
     name = f"{PREFIX}{os.getpid()}-{next(_counter)}"
     fd = os.open(_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        # Written, not mapped: a full /dev/shm (Docker gives 64 MB) is then an OSError
+        # (ENOSPC) here, where writing through a mapping of it would be a SIGBUS.
         os.ftruncate(fd, max(offset, 1))
-        with mmap.mmap(fd, max(offset, 1)) as m:
-            for buf, (start, n) in zip(payload.buffers, spans):
-                m[start:start + n] = memoryview(buf).cast("B")
+        for buf, (start, n) in zip(payload.buffers, spans):
+            view, done = memoryview(buf).cast("B"), 0
+            while done < n:
+                done += os.pwrite(fd, view[done:], start + done)
     except BaseException:
         unlink(name)
         raise

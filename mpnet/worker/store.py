@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from ..comm import shm
-from ..comm.serialize import SHM, Payload, dumps, loads
+from ..comm.serialize import Payload, dumps, loads
 
 __all__ = ["DataStore"]
 
@@ -94,12 +94,14 @@ class DataStore:
             entry.payload = dumps(entry.value, oob_threshold=self._oob, what=f"value of {key}")
         if shm_min <= 0 or not entry.payload.buffers:
             return entry.payload
-        if entry.shared is None and entry.payload.kind == SHM:
-            return entry.payload
         if entry.shared is None:
             if _buffer_bytes(entry.payload) < shm_min:
                 return entry.payload
-            entry.shared = shm.export(entry.payload)
+            try:
+                entry.shared = shm.export(entry.payload)
+            except OSError as e:      # /dev/shm full: this peer gets the bytes
+                log.warning("cannot put %s in shared memory: %s", key, e)
+                return entry.payload
         return entry.shared.ref
 
     def share(self, payload: Payload) -> Payload:
