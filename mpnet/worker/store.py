@@ -31,7 +31,7 @@ class _Entry:
 
     def __init__(self, value: Any, payload: Payload | None, nbytes: int):
         self.value, self.payload, self.nbytes = value, payload, nbytes
-        self.shared: tuple[Payload, str] | None = None   # (reference, segment name)
+        self.shared: shm.Segment | None = None     # its copy in shared memory
 
 
 class _Shared(Payload):
