@@ -66,6 +66,16 @@ def test_bytes_and_a_dropped_segment():
     assert not os.path.exists(os.path.join(shm.DIRECTORY, name))
 
 
+def test_several_buffers_in_one_segment():
+    value = {"a": np.arange(N // 8, dtype="int64"), "b": np.ones(N, dtype="uint8")[::2],
+             "small": b"x" * 10}
+    segment = shm.export(dumps(value))
+    got = loads(shm.attach(segment.ref.header))
+    segment.close()
+    assert (got["a"] == value["a"]).all() and (got["b"] == value["b"]).all()
+    assert got["small"] == b"x" * 10
+
+
 def test_sweep_removes_only_that_pid_and_refuses_strangers():
     mine = shm.export(dumps(os.urandom(N)))
     assert shm.sweep(os.getpid()) == 1 and segments(os.getpid()) == []
