@@ -10,7 +10,9 @@ Frame (every message after the handshake travels in one)::
 A message is a msgpack list ``[Msg, field, field, ...]`` (positional fields, in the order
 the table below gives). A :class:`~mpnet.comm.serialize.Payload` inside a message is a
 msgpack extension (code 1) holding its kind, its pickle header (or, when large, a
-reference to one more buffer) and the indexes of its buffers in the frame.
+reference to one more buffer) and the indexes of its buffers in the frame. A payload of
+kind ``SHM`` names a shared-memory segment of a worker on the same host instead
+(:mod:`mpnet.comm.shm`, docs/data.md): the decoder maps it read-only as it decodes.
 
 Handshake frames (see :mod:`mpnet.comm.auth`) use the same framing with no buffers, a
 size limit of ``max_handshake_bytes`` and plain msgpack with no extension types: nothing
