@@ -10,7 +10,8 @@ Numbers, each in MB/s (10**6 bytes per second, median of ``--runs`` transfers):
 
 * socket    -- the floor: one process sends the bytes over loopback TCP with ``sendall``
   and another ``recv_into``s a buffer it allocated beforehand. Timed on the receiver
-  from its "go" to the last byte.
+  from its "go" to the last byte; measured before and after the mpnet figures, the
+  better median kept.
 * w2w bytes / w2w ndarray -- worker to worker: a value made on worker A (pinned with
   ``workers=``), then a task pinned to worker B that takes it as its argument and returns
   its length. Timed from that task's submit to its result: the fetch, the unpickle on B
@@ -156,10 +157,14 @@ def main() -> None:
     nbytes = args.mb * 10**6
 
     results: dict[str, float] = {}
-    results["socket"] = statistics.median(socket_floor(nbytes, runs))
+    floors = [statistics.median(socket_floor(nbytes, runs))]
     for shm in {"tcp": (False,), "shm": (True,)}.get(args.only, (False, True)):
         for name, rates in mpnet_rates(nbytes, runs, shm).items():
             results[f"{name} ({'shm' if shm else 'tcp'})"] = statistics.median(rates)
+    # The socket again at the end, and the better of the two: on a shared machine one
+    # slow spell must not make the floor (and every ratio against it) look easy.
+    floors.append(statistics.median(socket_floor(nbytes, runs)))
+    results = {"socket": max(floors), **results}
 
     floor = results["socket"]
     print(f"\n{args.mb} MB per transfer, median of {runs}; MB/s and ratio to the socket\n")
