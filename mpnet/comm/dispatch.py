@@ -42,7 +42,7 @@ class Dispatcher:
     def __call__(self, conn: Any, msg: list) -> None:
         entry = self._table.get(msg[0])
         if entry is None:
-            raise ProtocolError(f"a {self.role} has no handler for message type {msg[0]}")
+            raise ProtocolError(f"a {self.role} has no handler for {_name(msg[0])}")
         fn, low, high, checks = entry
         if not low <= len(msg) - 1 <= high:
             raise ProtocolError(f"malformed {Msg(msg[0]).name} message: {len(msg) - 1} "
@@ -55,6 +55,14 @@ class Dispatcher:
             fn(conn, *msg[1:])
         else:
             fn(*msg[1:])
+
+
+def _name(msg_type: Any) -> str:
+    """The message's name if it is one (the type came from a peer: it may be anything)."""
+    try:
+        return f"{Msg(msg_type).name} messages"
+    except (ValueError, TypeError):
+        return f"message type {msg_type!r}"
 
 
 def _arity(fn: Callable, skip: int) -> tuple[int, float]:

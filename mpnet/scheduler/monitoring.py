@@ -22,7 +22,6 @@ from ..diagnostics import logring
 from .snapshot import snapshot
 
 if TYPE_CHECKING:
-    from ..comm.connection import Connection
     from .server import Scheduler
 
 __all__ = ["Monitoring"]
@@ -86,7 +85,7 @@ class Monitoring:
         return self.scheduler.loop.run_sync(self.monitor.task_stream, since, n, timeout=5)
 
     # --- requests from clients -------------------------------------------------------
-    def _status(self, conn: "Connection", req_id: int, options: dict) -> None:
+    def _status(self, conn: Any, req_id: int, options: dict) -> None:
         events = options.get("events", 20)
         if type(events) is not int:      # a peer's value: never let it raise here
             events = 20
@@ -94,11 +93,11 @@ class Monitoring:
                                           history=options.get("history") is True,
                                           events=max(0, min(events, 500))))
 
-    def _task_stream(self, conn: "Connection", req_id: int, since: float,
+    def _task_stream(self, conn: Any, req_id: int, since: float,
                      n: int | None) -> None:
         conn.reply(req_id, True, self.monitor.task_stream(since, n))
 
-    def _get_logs(self, conn: "Connection", req_id: int, which: str, n: int,
+    def _get_logs(self, conn: Any, req_id: int, which: str, n: int,
                   workers: list | None) -> None:
         if which == "scheduler":
             conn.reply(req_id, True, logring.lines(n))
@@ -109,7 +108,7 @@ class Monitoring:
         if workers is None:    # nannies too: they saw how their worker died
             targets += [(f"nanny {a}", c) for a, c in self.scheduler.nannies.items()]
         futures = [link.request(Msg.LOGS, n) for _, link in targets]
-        self.scheduler._when_all(futures, lambda results: conn.reply(req_id, True, {
+        self.scheduler.when_all(futures, lambda results: conn.reply(req_id, True, {
             name: value if ok else [[time.time(), "ERROR", "mpnet", f"no logs: {value}"]]
             for (name, _), (ok, value) in zip(targets, results)}))
 

@@ -38,10 +38,9 @@ def check_heartbeats(scheduler: "Scheduler") -> None:
         log.warning("worker %s sent no heartbeat for %.1fs: declaring it lost",
                     address, cfg.worker_ttl)
         link, ws.link = ws.link, None
-        scheduler._lost(address, f"no heartbeat for {cfg.worker_ttl:.1f}s (hung?)")
+        scheduler.lose_worker(ws, f"no heartbeat for {cfg.worker_ttl:.1f}s (hung?)")
         if link is not None:
-            link.owner_data = None
-            link.close()
+            link.close()           # its session sees the worker gone: no second loss
 
 
 def restart(scheduler: "Scheduler", addresses: list[str] | None, timeout: float,
@@ -57,7 +56,7 @@ def restart(scheduler: "Scheduler", addresses: list[str] | None, timeout: float,
         state.cancel_all("the cluster was restarted (client.restart()): resubmit the work")
     for nanny in nannies:
         scheduler.nannies[nanny].send([Msg.RESTART_WORKER, "client.restart()"])
-    scheduler._send_outbox()
+    scheduler.flush()
     old = {ws.address for ws in chosen}
     deadline = time.monotonic() + timeout
 
@@ -107,7 +106,7 @@ def retire(scheduler: "Scheduler", addresses: list[str], timeout: float,
                     fut = link.request(Msg.ACQUIRE, items)
                     fut.add_done_callback(lambda f, t=target: _got(f, t))
                     copies.append(fut)
-        scheduler._when_all(copies, lambda results: close())
+        scheduler.when_all(copies, lambda results: close())
 
     def _got(fut: Future, target: str) -> None:
         if fut.exception() is None:
@@ -119,7 +118,7 @@ def retire(scheduler: "Scheduler", addresses: list[str], timeout: float,
             ws = state.workers.get(address)
             if ws is not None and ws.link is not None:
                 ws.link.send([Msg.CLOSE_WORKER, "retired", "retired"])
-        scheduler._send_outbox()
+        scheduler.flush()
         done(True, f"retired {len(targets)} workers")
 
     drained()
