@@ -1,6 +1,7 @@
 """Actors at the scheduler: where each lives, who holds it, what happens when it dies.
 
-Mixed into :class:`~.state.SchedulerState`; no I/O. The scheduler never sees an actor's
+Owned by :class:`~.state.SchedulerState`; no I/O. It places actors through the
+:class:`~.placement.Placement` it is given (fits, resources, filling a freed worker). The scheduler never sees an actor's
 calls (callers talk to the hosting worker directly); it places actors, answers
 ``LOOKUP_ACTOR`` with their address once they are up, re-creates them when their
 worker dies (while ``max_restarts`` allows), and kills them when no handle is left
@@ -19,12 +20,13 @@ says its threads have ended (ACTOR_STOPPED).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from ..comm.protocol import Msg
+from .placement import Placement
 from .taskstate import ClientState, WorkerState
 
-__all__ = ["ActorState", "Actors"]
+__all__ = ["ActorState", "ActorRegistry"]
 
 
 class ActorState:
@@ -52,18 +54,24 @@ class ActorState:
                 "cls_name": self.options.get("cls_name"), "error": self.error}
 
 
-class Actors:
-    if TYPE_CHECKING:
-        workers: dict
-        actors: dict
-        actor_names: dict
+class ActorRegistry:
+    """Every actor the scheduler knows, by key and by name."""
+
+    def __init__(self, workers: dict[str, WorkerState], placement: Placement,
+                 send: Callable[[Any, list], None]):
+        self.workers = workers                 # shared with the state: address → record
+        self.placement = placement
+        self._send = send
+        self.actors: dict[str, ActorState] = {}
+        self.names: dict[str, str] = {}        # name → key
+        self.stopping: dict = {}               # key → (worker, resources) until stopped
 
     # --- creating and placing --------------------------------------------------------
     def create_named_actor(self, holder: Any, key: str, name: str, cls: Any, args: Any,
                            options: dict, get_if_exists: bool) -> dict:
         """Create ``name`` unless a live actor has it: then return that one (Ray's
         get-or-create, atomic here) or, without ``get_if_exists``, an ``error``."""
-        other = self.actors.get(self.actor_names.get(name, ""))
+        other = self.actors.get(self.names.get(name, ""))
         if other is not None and other.status != "dead":
             if not get_if_exists:
                 return {"refused": f"an actor named {name!r} already exists ({other.key}): "
@@ -83,35 +91,36 @@ class Actors:
         actor = self.actors[key] = ActorState(key, name, cls, args, options)
         actor.holders.add(holder)
         if name is not None:
-            other = self.actors.get(self.actor_names.get(name, ""))
+            other = self.actors.get(self.names.get(name, ""))
             if other is not None and other.status != "dead":
                 self._actor_dead(actor, f"an actor named {name!r} already exists "
                                         f"({other.key}); use get_actor({name!r})")
                 return
-            self.actor_names[name] = key
+            self.names[name] = key
         self._place_actor(actor)
 
     def _place_actor(self, actor: ActorState) -> None:
         resources = actor.options.get("resources")
         restrict = set(actor.options.get("workers") or ()) or None
+        place = self.placement
         fits = [ws for ws in self.workers.values()
-                if not ws.retiring and self._fits(ws, resources, restrict)]
+                if not ws.retiring and place.fits(ws, resources, restrict)]
         if not fits:
-            why = self.unsatisfiable(resources, restrict)
+            why = place.unsatisfiable(resources, restrict)
             if why:
                 self._actor_dead(actor, f"actor {actor.key} cannot be placed: {why}")
             else:
                 actor.status = "pending"       # a worker that fits may join or free up
             return
         ws = min(fits, key=lambda w: (len(w.actors), len(w.processing) / w.nthreads))
-        self._acquire(ws, resources)
+        place.acquire(ws, resources)
         ws.actors.add(actor.key)
         actor.worker, actor.status = ws, "starting"
         self._send(ws, [Msg.HOST_ACTOR, actor.key, actor.name, actor.cls, actor.args,
                         {"max_concurrency": actor.options.get("max_concurrency", 1)},
                         actor.restarts, actor.checkpoint])
 
-    def place_pending_actors(self) -> None:
+    def place_pending(self) -> None:
         """A worker joined or freed resources: place the actors still waiting."""
         for actor in list(self.actors.values()):
             if actor.status == "pending":
@@ -142,7 +151,7 @@ class Actors:
     # --- finding -----------------------------------------------------------------------
     def lookup_actor(self, dest: Any, req_id: int, key_or_name: str) -> None:
         """Answer once the actor is up (or dead); callers wait through restarts."""
-        key = key_or_name if key_or_name in self.actors else self.actor_names.get(key_or_name)
+        key = key_or_name if key_or_name in self.actors else self.names.get(key_or_name)
         actor = self.actors.get(key) if key else None
         if actor is None:
             self._send(dest, [Msg.REPLY, req_id, True, {
@@ -163,7 +172,7 @@ class Actors:
         ws = actor.worker
         if ws is not None:
             ws.actors.discard(actor.key)
-            self._release_resources(ws, actor.options.get("resources"))
+            self.placement.release(ws, actor.options.get("resources"))
             actor.worker = None
 
     def _actor_dead(self, actor: ActorState, reason: str) -> None:
@@ -179,18 +188,18 @@ class Actors:
             # Its resources are freed when the worker says its threads ended.
             ws.actors.discard(key)
             actor.worker = None
-            self.stopping_actors[key] = (ws, actor.options.get("resources"))
+            self.stopping[key] = (ws, actor.options.get("resources"))
             self._send(ws, [Msg.DROP_ACTOR, key, reason])
         self._actor_dead(actor, f"actor {key} was {reason}")
         return True
 
     def actor_stopped(self, ws: WorkerState, key: str) -> None:
         """A dropped actor's threads on ``ws`` have all ended: free its resources."""
-        entry = self.stopping_actors.get(key)
+        entry = self.stopping.get(key)
         if entry is not None and entry[0] is ws:
-            del self.stopping_actors[key]
-            self._release_resources(ws, entry[1])
-            self._fill(ws)
+            del self.stopping[key]
+            self.placement.release(ws, entry[1])
+            self.placement.fill(ws)
 
     def release_actor(self, holder: Any, key: str) -> None:
         actor = self.actors.get(key)
@@ -203,16 +212,16 @@ class Actors:
             self.kill_actor(key, "released: no handle to it was left")
         # Nobody can ask about it any more: a dead actor's record (its class and
         # arguments, which may be large) must not stay for the scheduler's lifetime.
-        self.forget_dead_actor(key)
+        self.forget_dead(key)
 
-    def release_actors_of(self, holder: ClientState) -> None:
+    def release_all_of(self, holder: ClientState) -> None:
         for key in [a.key for a in self.actors.values() if holder in a.holders]:
             self.release_actor(holder, key)
 
-    def actors_lost_with(self, ws: WorkerState) -> None:
+    def lost_with(self, ws: WorkerState) -> None:
         """``ws`` is gone: re-create its actors elsewhere while restarts remain."""
-        for key in [k for k, (w, _) in self.stopping_actors.items() if w is ws]:
-            del self.stopping_actors[key]
+        for key in [k for k, (w, _) in self.stopping.items() if w is ws]:
+            del self.stopping[key]
         for key in list(ws.actors):
             actor = self.actors[key]
             self._unhost(actor)
@@ -226,13 +235,13 @@ class Actors:
                                         f"({ws.exit or 'connection lost'}) and its "
                                         f"max_restarts ({limit}) are used up")
 
-    def list_actors(self) -> list[dict]:
+    def listing(self) -> list[dict]:
         return [a.describe() for a in self.actors.values() if a.status != "dead"]
 
-    def forget_dead_actor(self, key: str) -> None:
+    def forget_dead(self, key: str) -> None:
         """Drop the record of a dead actor nobody holds any more."""
         actor = self.actors.get(key)
         if actor is not None and actor.status == "dead" and not actor.holders:
             del self.actors[key]
-            if actor.name is not None and self.actor_names.get(actor.name) == key:
-                del self.actor_names[actor.name]
+            if actor.name is not None and self.names.get(actor.name) == key:
+                del self.names[actor.name]

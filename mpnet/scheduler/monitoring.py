@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..comm.protocol import Msg
 from ..diagnostics import logring
 from .snapshot import snapshot
 
-if TYPE_CHECKING:
-    from .server import Scheduler
 
 __all__ = ["Monitoring"]
 
@@ -35,7 +33,7 @@ class Monitoring:
     """Owned by a :class:`~mpnet.Scheduler`; ``start()`` once serving, ``close()`` on its
     loop at close."""
 
-    def __init__(self, scheduler: "Scheduler"):
+    def __init__(self, scheduler: Any):
         self.scheduler = scheduler
         self.monitor = scheduler.state.monitor
         self.dashboard = None

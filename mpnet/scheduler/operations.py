@@ -9,6 +9,8 @@
 
 These run on the scheduler's loop thread, as small objects driven by timers and
 replies; the state machine does the bookkeeping, this module the choreography.
+``scheduler`` is the :class:`~mpnet.scheduler.server.Scheduler`, used through its public
+names (the server imports this module, not the other way round).
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 from ..comm.protocol import Msg
 
-if TYPE_CHECKING:
-    from .server import Scheduler
 
 __all__ = ["restart", "retire", "check_heartbeats"]
 
@@ -30,7 +30,7 @@ log = logging.getLogger("mpnet.scheduler")
 _POLL = 0.05
 
 
-def check_heartbeats(scheduler: "Scheduler") -> None:
+def check_heartbeats(scheduler: Any) -> None:
     """Declare lost the workers silent for ``worker_ttl`` seconds (hung, socket open)."""
     cfg = scheduler.config
     for address in scheduler.state.silent_workers(time.monotonic(), cfg.worker_ttl):
@@ -43,7 +43,7 @@ def check_heartbeats(scheduler: "Scheduler") -> None:
             link.close()           # its session sees the worker gone: no second loss
 
 
-def restart(scheduler: "Scheduler", addresses: list[str] | None, timeout: float,
+def restart(scheduler: Any, addresses: list[str] | None, timeout: float,
             done: Callable[[bool, str], None]) -> None:
     """Restart workers through their nannies; ``addresses=None`` means every worker and
     cancels every task. ``done(ok, message)`` once all are back or ``timeout`` passed."""
@@ -79,7 +79,7 @@ def restart(scheduler: "Scheduler", addresses: list[str] | None, timeout: float,
     check()
 
 
-def retire(scheduler: "Scheduler", addresses: list[str], timeout: float,
+def retire(scheduler: Any, addresses: list[str], timeout: float,
            done: Callable[[bool, str], None]) -> None:
     """Move data off ``addresses`` and close them (their nannies do not restart them)."""
     state = scheduler.state

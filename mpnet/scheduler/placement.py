@@ -1,6 +1,8 @@
 """Where tasks run: data locality, load, the per-worker bound, resources and restrictions.
 
-Mixed into :class:`~.state.SchedulerState`; no I/O, like the rest of the state machine.
+Owned by :class:`~.state.SchedulerState`; no I/O, like the rest of the state machine.
+It moves a task to "processing" and queues its COMPUTE through the two callables it is
+given (``to`` and ``send``), and tells its owner when resources free up (``on_freed``).
 
 - A task goes to the worker holding most of its input bytes, if it has room; else to
   the least loaded worker (tasks sent / threads).
@@ -14,7 +16,7 @@ Mixed into :class:`~.state.SchedulerState`; no I/O, like the rest of the state m
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 from ..comm.protocol import Msg
 from .taskstate import TaskState, WorkerState
@@ -23,13 +25,19 @@ __all__ = ["Placement"]
 
 
 class Placement:
-    if TYPE_CHECKING:
-        from .state import SchedulerState as _S
-        workers: dict
-        ready: list
-        restricted: list
+    def __init__(self, config: Any, workers: dict[str, WorkerState],
+                 to: Callable[[TaskState, str], None], send: Callable[[Any, list], None]):
+        self.config = config
+        self.workers = workers                   # shared with the state: address → record
+        self.ready: list = []                    # heap of (priority, TaskState)
+        self.restricted: list[TaskState] = []    # ready, waiting for a worker that fits
+        self._to = to
+        self._send = send
+        #: called when a worker's resources free up (actors waiting for them)
+        self.on_freed: Callable[[], None] = lambda: None
 
-    def _capacity(self, ws: WorkerState) -> int:
+    # --- how much room --------------------------------------------------------------
+    def capacity(self, ws: WorkerState) -> int:
         if ws.paused or ws.retiring:
             return 0
         if ws.abandoned:     # threads still running freed tasks take no queue either
@@ -37,22 +45,11 @@ class Placement:
             return free + self.config.worker_queue_extra if free > 0 else 0
         return ws.nthreads + self.config.worker_queue_extra
 
-    def _make_ready(self, ts: TaskState) -> None:
-        ws = self._pick_worker(ts)
-        if ws is not None:
-            self._compute(ts, ws)
-            return
-        if ts.resources or ts.restrict:
-            why = self.unsatisfiable(ts.resources, ts.restrict)
-            if why:
-                self._lose(ts, "unsatisfiable", f"task {ts.key} cannot run anywhere: {why}")
-                return
-            self.restricted.append(ts)
-        else:
-            heapq.heappush(self.ready, (ts.priority, ts))
-        self._to(ts, "ready")
+    def has_room(self, ws: WorkerState) -> bool:
+        return len(ws.processing) < self.capacity(ws)
 
-    def _pick_worker(self, ts: TaskState) -> WorkerState | None:
+    # --- choosing ----------------------------------------------------------------------
+    def pick(self, ts: TaskState) -> WorkerState | None:
         """Data locality first (the worker holding most of its inputs), then least load."""
         if ts.resources or ts.restrict:
             return self._pick_constrained(ts)
@@ -62,30 +59,30 @@ class Placement:
                 for ws in dep.who_has:
                     held[ws] = held.get(ws, 0) + dep.nbytes + 1
             for ws in sorted(held, key=held.__getitem__, reverse=True):
-                if len(ws.processing) < self._capacity(ws):
+                if len(ws.processing) < self.capacity(ws):
                     return ws
         best, best_load = None, None
         for ws in self.workers.values():
             load = len(ws.processing) / ws.nthreads
-            if len(ws.processing) < self._capacity(ws) and (best is None or load < best_load):
+            if len(ws.processing) < self.capacity(ws) and (best is None or load < best_load):
                 best, best_load = ws, load
         return best
 
     def _pick_constrained(self, ts: TaskState) -> WorkerState | None:
         fits = [ws for ws in self.workers.values()
-                if len(ws.processing) < self._capacity(ws) and self._fits(ws, ts.resources,
-                                                                       ts.restrict)]
+                if len(ws.processing) < self.capacity(ws) and self.fits(ws, ts.resources,
+                                                                     ts.restrict)]
         if not fits:
             return None
         return min(fits, key=lambda ws: len(ws.processing) / ws.nthreads)
 
     @staticmethod
-    def _allowed(ws: WorkerState, restrict: set | None) -> bool:
+    def allowed(ws: WorkerState, restrict: set | None) -> bool:
         return not restrict or ws.address in restrict or ws.name in restrict
 
-    def _fits(self, ws: WorkerState, resources: dict | None, restrict: set | None) -> bool:
+    def fits(self, ws: WorkerState, resources: dict | None, restrict: set | None) -> bool:
         """``ws`` may run it and has the resources free now."""
-        if not self._allowed(ws, restrict):
+        if not self.allowed(ws, restrict):
             return False
         for name, need in (resources or {}).items():
             if ws.resources.get(name, 0) - ws.used.get(name, 0) < need:
@@ -97,7 +94,7 @@ class Placement:
         are no workers yet: some may come)."""
         if not self.workers:
             return ""
-        allowed = [ws for ws in self.workers.values() if self._allowed(ws, restrict)]
+        allowed = [ws for ws in self.workers.values() if self.allowed(ws, restrict)]
         if not allowed:
             return (f"it may only run on {sorted(restrict)}, and no such worker is "
                     "connected")
@@ -108,48 +105,82 @@ class Placement:
         return (f"it needs resources {resources} and no worker has that much "
                 f"(workers offer {offered})")
 
-    def _acquire(self, ws: WorkerState, resources: dict | None) -> None:
+    # --- resources ---------------------------------------------------------------------
+    def acquire(self, ws: WorkerState, resources: dict | None) -> None:
         for name, need in (resources or {}).items():
             ws.used[name] = ws.used.get(name, 0) + need
 
-    def _release_resources(self, ws: WorkerState, resources: dict | None) -> None:
+    def release(self, ws: WorkerState, resources: dict | None) -> None:
         if not resources:
             return
         for name, need in resources.items():
             ws.used[name] = ws.used.get(name, 0) - need
-        self.place_pending_actors()      # they may have waited for exactly these
+        self.on_freed()      # actors may have waited for exactly these
 
-    def _unassign(self, ts: TaskState) -> WorkerState | None:
+    # --- assigning ---------------------------------------------------------------------
+    def enqueue(self, ts: TaskState) -> None:
+        """No worker has room for ``ts`` now: it waits here (its state is the caller's)."""
+        if ts.resources or ts.restrict:
+            self.restricted.append(ts)
+        else:
+            heapq.heappush(self.ready, (ts.priority, ts))
+
+    def assign(self, ts: TaskState, ws: WorkerState) -> None:
+        """Send ``ts`` to ``ws``: it is processing there from now on."""
+        ts.processing_on = ws          # first: the monitor notes where it runs
+        self._to(ts, "processing")
+        ws.processing.add(ts)
+        self.acquire(ws, ts.resources)
+        who_has = [[d.key, [w.address for w in d.who_has]] for d in ts.dependencies]
+        self._send(ws, [Msg.COMPUTE, ts.key, ts.fn, ts.args, who_has, ts.priority])
+
+    def unassign(self, ts: TaskState) -> WorkerState | None:
         """Take ``ts`` off the worker it was sent to; free its resources there."""
         ws = ts.processing_on
         if ws is not None:
             ws.processing.discard(ts)
-            self._release_resources(ws, ts.resources)
+            self.release(ws, ts.resources)
             ts.processing_on = None
         return ws
 
-    def _compute(self, ts: TaskState, ws: WorkerState) -> None:
-        ts.processing_on = ws          # first: the monitor notes where it runs
-        self._to(ts, "processing")
-        ws.processing.add(ts)
-        self._acquire(ws, ts.resources)
-        who_has = [[d.key, [w.address for w in d.who_has]] for d in ts.dependencies]
-        self._send(ws, [Msg.COMPUTE, ts.key, ts.fn, ts.args, who_has, ts.priority])
+    def abandon(self, ts: TaskState) -> WorkerState | None:
+        """Take ``ts`` off its worker, which may be running it: a running thread cannot
+        be stopped, so its slot (and resources) stay held until :meth:`ended`."""
+        ws = ts.processing_on
+        if ws is not None:
+            ws.processing.discard(ts)
+            ts.processing_on = None
+            ws.abandoned.append((ts.key, ts.resources))
+        return ws
 
-    def _fill(self, ws: WorkerState) -> None:
-        """Give ``ws`` work from what waits at the scheduler, best priority first."""
+    def ended(self, ws: WorkerState, key: str) -> bool:
+        """An abandoned task has ended on ``ws`` (or will never start): free its slot."""
+        for i, (k, resources) in enumerate(ws.abandoned):
+            if k == key:
+                del ws.abandoned[i]
+                self.release(ws, resources)
+                self.fill(ws)
+                return True
+        return False
+
+    def fill(self, ws: WorkerState) -> None:
+        """Give ``ws`` work from what waits here, best priority first."""
         if self.restricted:
             self.restricted.sort(key=lambda t: t.priority)
             for ts in list(self.restricted):
-                if len(ws.processing) >= self._capacity(ws):
+                if len(ws.processing) >= self.capacity(ws):
                     break
                 if ts.state != "ready":
                     self.restricted.remove(ts)
-                elif self._fits(ws, ts.resources, ts.restrict):
+                elif self.fits(ws, ts.resources, ts.restrict):
                     self.restricted.remove(ts)
-                    self._compute(ts, ws)
+                    self.assign(ts, ws)
         ready = self.ready
-        while ready and len(ws.processing) < self._capacity(ws):
+        while ready and len(ws.processing) < self.capacity(ws):
             ts = heapq.heappop(ready)[1]
             if ts.state == "ready":
-                self._compute(ts, ws)
+                self.assign(ts, ws)
+
+    def clear(self) -> None:
+        """Forget everything waiting (every task was cancelled)."""
+        self.ready.clear()

@@ -1,6 +1,6 @@
 """Losing workers and data: rescheduling, recomputing from lineage, retiring.
 
-Mixed into :class:`~.state.SchedulerState`; no I/O. When a worker is lost, everything
+Owned by :class:`~.state.SchedulerState`; no I/O. When a worker is lost, everything
 it held is forgotten first, then results that are gone and still needed are recomputed
 from their recipes (recursively), then its interrupted tasks are rescheduled — or fail
 with ``KilledWorkerError`` once they were running on ``allowed_failures + 1`` workers
@@ -9,9 +9,11 @@ that died.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..comm.protocol import Msg, running_key
+from .actors import ActorRegistry
+from .placement import Placement
 from .taskstate import ACTIVE, TaskState, WorkerState
 
 __all__ = ["Recovery"]
@@ -20,53 +22,60 @@ _MAX_EXITS = 1000      # remembered worker exits, for KilledWorkerError messages
 
 
 class Recovery:
-    if TYPE_CHECKING:
-        workers: dict
-        tasks: dict
-        exits: dict
+    """``tasks`` is the owning state: this uses its records (``tasks``, ``workers``,
+    ``exits``, ``counts``, ``config``) and its task moves (``to``, ``send``, ``lose``,
+    ``make_ready``, ``maybe_forget``, ``needed``), all public."""
+
+    def __init__(self, tasks: Any, placement: Placement, actors: ActorRegistry):
+        self.state = tasks
+        self.placement = placement
+        self.actors = actors
 
     def missing_data(self, ws: WorkerState, key: str, dep_key: str, holder: str) -> None:
         """``ws`` could not fetch ``dep_key`` from ``holder`` for task ``key``."""
-        dep = self.tasks.get(dep_key)
-        gone = self.workers.get(holder)
+        st = self.state
+        dep = st.tasks.get(dep_key)
+        gone = st.workers.get(holder)
         if dep is not None and gone is not None and gone in dep.who_has:
             # Unreachable or without the data: either way we stop counting on it there,
             # and tell it so, in case it still holds a copy nobody would free.
             dep.who_has.discard(gone)
             gone.has_what.discard(dep)
             gone.nbytes -= dep.nbytes
-            self._send(gone, [Msg.FREE, [dep_key]])
+            st.send(gone, [Msg.FREE, [dep_key]])
         if dep is not None and dep.state == "memory" and not dep.who_has:
-            self._data_lost(dep)
-        ts = self.tasks.get(key)
+            self.data_lost(dep)
+        ts = st.tasks.get(key)
         if ts is not None and ts.processing_on is ws:
-            self._unassign(ts)
-            self._to(ts, "waiting")
-            self._wait_for_inputs(ts)
-            self._fill(ws)
+            self.placement.unassign(ts)
+            st.to(ts, "waiting")
+            self.wait_for_inputs(ts)
+            self.placement.fill(ws)
 
     def silent_workers(self, now: float, ttl: float) -> list[str]:
         """Workers with no heartbeat for ``ttl`` seconds (hung with the socket open)."""
-        return [a for a, ws in self.workers.items() if now - ws.last_seen > ttl]
+        return [a for a, ws in self.state.workers.items() if now - ws.last_seen > ttl]
 
     def stop_assigning(self, address: str) -> None:
         """Send ``address`` no new work (it is retiring)."""
-        if address in self.workers:
-            self.workers[address].retiring = True
+        ws = self.state.workers.get(address)
+        if ws is not None:
+            ws.retiring = True
 
     def retire(self, address: str) -> list[list]:
         """Plan the move of data that lives only on ``address`` (retiring) and is still
         needed: ``[[target address, [[key, [address]], ...]], ...]``."""
-        ws = self.workers[address]
+        tasks, workers = self.state.tasks, self.state.workers
+        ws = workers[address]
         ws.retiring = True
-        others = [w for w in self.workers.values() if not w.retiring and w is not ws]
+        others = [w for w in workers.values() if not w.retiring and w is not ws]
         if not others:
             return []
         plan: dict[str, list] = {}
         for ts in ws.has_what:
             if len(ts.who_has) == 1 and self._needed_data(ts):
                 target = min(others, key=lambda w: w.nbytes + sum(
-                    self.tasks[k].nbytes for k, _ in plan.get(w.address, ()) if k in self.tasks))
+                    tasks[k].nbytes for k, _ in plan.get(w.address, ()) if k in tasks))
                 plan.setdefault(target.address, []).append([ts.key, [address]])
         return [[target, items] for target, items in plan.items()]
 
@@ -76,12 +85,12 @@ class Recovery:
 
     def add_replica(self, address: str, key: str) -> None:
         """``address`` now holds a copy of ``key`` too."""
-        ws = self.workers.get(address)
-        ts = self.tasks.get(key)
+        ws = self.state.workers.get(address)
+        ts = self.state.tasks.get(key)
         if ws is None:
             return
         if ts is None or ts.state != "memory":
-            self._send(ws, [Msg.FREE, [key]])
+            self.state.send(ws, [Msg.FREE, [key]])
             return
         if ws not in ts.who_has:
             ts.who_has.add(ws)
@@ -92,11 +101,12 @@ class Recovery:
                       running: list[str] | None = None) -> None:
         """A nanny reports how its worker ended (e.g. ``pid 41, exit code 3``) and which
         tasks it was running then (``None``: not known)."""
-        self.exits[address] = description
-        while len(self.exits) > _MAX_EXITS:          # oldest first: dicts keep order
-            del self.exits[next(iter(self.exits))]
-        if address in self.workers:
-            self.workers[address].exit = description
+        exits, workers = self.state.exits, self.state.workers
+        exits[address] = description
+        while len(exits) > _MAX_EXITS:          # oldest first: dicts keep order
+            del exits[next(iter(exits))]
+        if address in workers:
+            workers[address].exit = description
             self.remove_worker(address, description, running=running)
 
     def remove_worker(self, address: str, reason: str, graceful: bool = False,
@@ -105,13 +115,14 @@ class Recovery:
         do not count as having killed it. ``running``: the keys its executor threads
         were running when it died, as its nanny read them; only those are charged with
         the death (the tasks queued behind them are innocent)."""
-        ws = self.workers.pop(address, None)
+        st = self.state
+        ws = st.workers.pop(address, None)
         if ws is None:
             return
         if not graceful:
-            self.counts["workers_lost"] += 1
-        ended = f"{address} ({self.exits.get(address) or ws.exit or reason})"
-        limit = self.config.allowed_failures
+            st.counts["workers_lost"] += 1
+        ended = f"{address} ({st.exits.get(address) or ws.exit or reason})"
+        limit = st.config.allowed_failures
         # First forget everything the worker held, so nothing below counts on it ...
         held = list(ws.has_what)
         for ts in held:
@@ -120,69 +131,71 @@ class Recovery:
         interrupted = sorted(ws.processing, key=lambda t: t.priority)
         charged = set() if graceful else _running_tasks(ws, interrupted, running)
         for ts in interrupted:
-            self._unassign(ts)
+            self.placement.unassign(ts)
             if ts in charged:
                 ts.failed_on.append(ended)
-            self._to(ts, "waiting")
+            st.to(ts, "waiting")
         # ... then recompute what was lost, reschedule what was interrupted, and
         # re-create the actors it hosted.
-        self.actors_lost_with(ws)
+        self.actors.lost_with(ws)
         for ts in held:
             if ts.state == "memory" and not ts.who_has:
-                self._data_lost(ts)
+                self.data_lost(ts)
         for ts in interrupted:
             if ts.state != "waiting" or ts.processing_on is not None:
                 continue
             if len(ts.failed_on) > limit:
-                self._lose(ts, "killed", (
+                st.lose(ts, "killed", (
                     f"task {ts.key} was running on {len(ts.failed_on)} workers that died: "
                     f"{', '.join(ts.failed_on)}. It probably kills its worker itself (a "
                     f"crash, os._exit, running out of memory): fix the task, or raise "
                     f"allowed_failures (now {limit}) if the deaths were bad luck."))
             else:
-                self._wait_for_inputs(ts)
+                self.wait_for_inputs(ts)
 
-    def _data_lost(self, ts: TaskState) -> None:
+    def data_lost(self, ts: TaskState) -> None:
         """The only copy of ``ts``'s result is gone: recompute it if anyone needs it.
 
         Clients that received the value itself with the completion still have it: for
         them nothing is recomputed now (the recipe is kept, in case a task needs it)."""
-        if not self._needed(ts) or (ts.who_wants <= ts.inline_to and not any(
+        st = self.state
+        if not st.needed(ts) or (ts.who_wants <= ts.inline_to and not any(
                 d.state in ACTIVE for d in ts.dependents)):
-            self._to(ts, "released")
-            self._maybe_forget(ts)
+            st.to(ts, "released")
+            st.maybe_forget(ts)
             return
         for dep in ts.dependents:
             if dep.state == "ready":           # queued here, not yet sent: wait again
-                self._to(dep, "waiting")
+                st.to(dep, "waiting")
             if dep.state == "waiting":
                 dep.waiting_on.add(ts)
-        self._recompute(ts)
+        self.recompute(ts)
 
-    def _recompute(self, ts: TaskState) -> None:
+    def recompute(self, ts: TaskState) -> None:
+        """Compute ``ts`` again from its recipe (its inputs first, if they are gone)."""
         if ts.scattered or ts.fn is None:
-            self._lose(ts, "lost", f"the data of {ts.key} was scattered to a worker that "
+            self.state.lose(ts, "lost", f"the data of {ts.key} was scattered to a worker that "
                                    "died, and mpnet cannot recompute it: scatter it again")
             return
-        self._to(ts, "waiting")
-        self._wait_for_inputs(ts)
+        self.state.to(ts, "waiting")
+        self.wait_for_inputs(ts)
 
-    def _wait_for_inputs(self, ts: TaskState) -> None:
+    def wait_for_inputs(self, ts: TaskState) -> None:
         """``ts`` is waiting: find which inputs it lacks, recomputing lost ones."""
         ts.waiting_on = set()
         for dep in ts.dependencies:
             if dep.state == "memory" and dep.who_has:
                 continue
             if dep.state in ("erred", "forgotten"):
-                self._lose(ts, "lost", f"input {dep.key} of {ts.key} is no longer available")
+                self.state.lose(ts, "lost", f"input {dep.key} of {ts.key} is no longer available")
                 return
             ts.waiting_on.add(dep)
             if dep.state in ("released", "memory"):
-                self._recompute(dep)
+                self.recompute(dep)
                 if ts.state != "waiting":
                     return
         if not ts.waiting_on:
-            self._make_ready(ts)
+            self.state.make_ready(ts)
 
 
 def _running_tasks(ws: WorkerState, interrupted: list[TaskState],

@@ -30,7 +30,7 @@ from ..comm.eventloop import EventLoop
 from ..comm.protocol import Msg
 from ..comm.session import Sessions
 from ..config import Config, make_config, tune_gc
-from ..deploy.scheduler_file import remove_scheduler_file, write_scheduler_file
+from ..scheduler_file import remove_scheduler_file, write_scheduler_file
 from ..errors import ClusterClosedError, MpnetError
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads

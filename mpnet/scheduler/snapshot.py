@@ -3,20 +3,20 @@
 
 Built on the scheduler's loop thread from the state machine, the heartbeats the workers
 sent and the :class:`~.monitor.Monitor`. Its cost grows with the number of workers,
-function names and actors, never with the number of tasks.
+function names and actors, never with the number of tasks. ``scheduler`` is the
+:class:`~mpnet.scheduler.server.Scheduler`, read through its public names (the server
+imports this module, not the other way round).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..comm.addressing import parse_address
 from .monitor import group_name
 
-if TYPE_CHECKING:
-    from .server import Scheduler
 
 __all__ = ["snapshot", "SNAPSHOT_VERSION"]
 
@@ -31,7 +31,7 @@ def _host(address: str) -> str:
         return address
 
 
-def _worker_row(scheduler: "Scheduler", ws, now: float, history: bool) -> dict:
+def _worker_row(scheduler: Any, ws, now: float, history: bool) -> dict:
     m = ws.metrics
     if ws.retiring:
         state = "closing"
@@ -57,7 +57,7 @@ def _worker_row(scheduler: "Scheduler", ws, now: float, history: bool) -> dict:
     return row
 
 
-def snapshot(scheduler: "Scheduler", *, history: bool = False, events: int = 20) -> dict:
+def snapshot(scheduler: Any, *, history: bool = False, events: int = 20) -> dict:
     """The cluster now. ``history`` adds each worker's last minute of CPU and memory;
     ``events`` is how many of the latest events to include."""
     st = scheduler.state
@@ -88,7 +88,7 @@ def snapshot(scheduler: "Scheduler", *, history: bool = False, events: int = 20)
                        "host": _host(a.worker.address) if a.worker is not None else ""})
     return {
         "version": SNAPSHOT_VERSION,
-        "type": "Scheduler", "id": scheduler.id, "address": scheduler.address,
+        "type": Any, "id": scheduler.id, "address": scheduler.address,
         "dashboard": scheduler.dashboard_link, "pid": os.getpid(),
         "time": time.time(), "started": mon.started, "uptime": time.time() - mon.started,
         "clients": len(st.clients),

@@ -28,13 +28,13 @@ from typing import Any, Iterable
 
 from ..comm.protocol import Msg
 from ..config import Config
-from .actors import Actors
+from .actors import ActorRegistry
 from .monitor import Monitor
 from .placement import Placement
 from .recovery import Recovery
 from .taskstate import ACTIVE, ClientState, TaskState, WorkerState
 
-__all__ = ["SchedulerState", "TaskState", "WorkerState", "ClientState"]
+__all__ = ["SchedulerState", "TaskState", "WorkerState", "ClientState", "ACTIVE"]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -47,17 +47,16 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-class SchedulerState(Placement, Recovery, Actors):
+class SchedulerState:
+    """The task graph and its clients; where tasks run, what is recovered after a loss
+    and where actors live are its three collaborators' (:attr:`placement`,
+    :attr:`recovery`, :attr:`actor_registry`), whose events it exposes as its own."""
+
     def __init__(self, config: Config):
         self.config = config
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerState] = {}
         self.clients: dict[str, ClientState] = {}
-        self.ready: list = []                    # heap of (priority, TaskState)
-        self.restricted: list[TaskState] = []    # ready, waiting for a worker that fits
-        self.actors: dict = {}                   # key → ActorState
-        self.actor_names: dict[str, str] = {}    # name → key
-        self.stopping_actors: dict = {}          # key → (worker, resources) until stopped
         self.outbox: list[tuple[Any, list]] = []
         self.exits: dict[str, str] = {}          # worker address → "pid 12, exit code 3"
         self.counts = {"submitted": 0, "finished": 0, "erred": 0, "workers_lost": 0}
@@ -66,9 +65,43 @@ class SchedulerState(Placement, Recovery, Actors):
         #: counts per function name, events, task stream: what `mpnet top` shows
         self.monitor = Monitor()
         self._seq = itertools.count()
+        self.placement = Placement(config, self.workers, self.to, self.send)
+        self.actor_registry = actors = ActorRegistry(self.workers, self.placement, self.send)
+        self.placement.on_freed = actors.place_pending
+        self.recovery = rec = Recovery(self, self.placement, actors)
+        # The collaborators' events, callable on the state as the I/O layer and the
+        # tests always have (bound methods: no extra call on any path).
+        self.missing_data, self.worker_exited = rec.missing_data, rec.worker_exited
+        self.remove_worker, self.retire = rec.remove_worker, rec.retire
+        self.add_replica, self.silent_workers = rec.add_replica, rec.silent_workers
+        self.stop_assigning = rec.stop_assigning
+        self.create_actor = actors.create_actor
+        self.create_named_actor = actors.create_named_actor
+        self.lookup_actor, self.kill_actor = actors.lookup_actor, actors.kill_actor
+        self.release_actor, self.list_actors = actors.release_actor, actors.listing
+        self.actor_started, self.actor_failed = actors.actor_started, actors.actor_failed
+        self.actor_checkpoint = actors.actor_checkpoint
+        self.actor_stopped = actors.actor_stopped
+        self.unsatisfiable = self.placement.unsatisfiable
+
+    # --- what the collaborators hold --------------------------------------------------
+    @property
+    def ready(self) -> list:
+        """Tasks waiting at the scheduler for room on a worker (a heap)."""
+        return self.placement.ready
+
+    @property
+    def actors(self) -> dict:
+        """``{key: ActorState}``"""
+        return self.actor_registry.actors
+
+    @property
+    def stopping_actors(self) -> dict:
+        """``{key: (worker, resources)}`` of killed actors whose threads still run."""
+        return self.actor_registry.stopping
 
     # --- helpers -------------------------------------------------------------------
-    def _to(self, ts: TaskState, state: str) -> None:
+    def to(self, ts: TaskState, state: str) -> None:
         """Every state change goes through here, so plugins can watch them."""
         start = ts.state
         ts.state = state
@@ -76,7 +109,7 @@ class SchedulerState(Placement, Recovery, Actors):
         if self.on_transition is not None:
             self.on_transition(ts.key, start, state)
 
-    def _send(self, dest: Any, msg: list) -> None:
+    def send(self, dest: Any, msg: list) -> None:
         self.outbox.append((dest, msg))
 
     def take_outbox(self) -> list:
@@ -96,7 +129,7 @@ class SchedulerState(Placement, Recovery, Actors):
         cs = self.clients.pop(client_id, None)
         if cs is not None:
             self.release(cs, [ts.key for ts in cs.wants])
-            self.release_actors_of(cs)
+            self.actor_registry.release_all_of(cs)
 
     # --- submitting ----------------------------------------------------------------
     def submit(self, cs: ClientState, key: str, fn: Any, args: Any, deps: list,
@@ -106,7 +139,7 @@ class SchedulerState(Placement, Recovery, Actors):
         if ts is not None:                         # a key someone already computes
             if not (_same(ts.fn, fn) and _same(ts.args, args)):
                 # Never hand out a result for arguments it was not computed from.
-                self._send(cs, [Msg.TASK_LOST, key, "conflict", (
+                self.send(cs, [Msg.TASK_LOST, key, "conflict", (
                     f"the key {key!r} already names a different computation on this "
                     "cluster (another function, other arguments, or scattered data); "
                     "give this one another key")])
@@ -127,12 +160,12 @@ class SchedulerState(Placement, Recovery, Actors):
             dep.dependents.add(ts)
         if any(d.state == "erred" for d in ts.dependencies):
             bad = next(d for d in ts.dependencies if d.state == "erred")
-            self._to(ts, "erred")
+            self.to(ts, "erred")
             ts.exception, ts.traceback, ts.lost = bad.exception, bad.traceback, bad.lost
             for c in ts.who_wants:
-                self._send(c, self._failure_msg(ts))
+                self.send(c, self._failure_msg(ts))
             return
-        self._wait_for_inputs(ts)
+        self.recovery.wait_for_inputs(ts)
 
     def _want(self, cs: ClientState, ts: TaskState) -> None:
         if ts in cs.wants:
@@ -141,11 +174,11 @@ class SchedulerState(Placement, Recovery, Actors):
         ts.who_wants.add(cs)
         if ts.state == "memory":
             ws = next(iter(ts.who_has))
-            self._send(cs, [Msg.TASK_DONE, ts.key, None, ws.address, ts.nbytes])
+            self.send(cs, [Msg.TASK_DONE, ts.key, None, ws.address, ts.nbytes])
         elif ts.state == "erred":
-            self._send(cs, self._failure_msg(ts))
+            self.send(cs, self._failure_msg(ts))
         elif ts.state == "released":       # the recipe was kept: compute it again
-            self._recompute(ts)
+            self.recovery.recompute(ts)
 
     @staticmethod
     def _failure_msg(ts: TaskState) -> list:
@@ -167,7 +200,7 @@ class SchedulerState(Placement, Recovery, Actors):
             if ts is None:
                 ts = self.tasks[key] = TaskState(key, None, None, (0, next(self._seq)), 0)
             ts.scattered = True
-            self._to(ts, "memory")
+            self.to(ts, "memory")
             ts.nbytes = nbytes
             ts.who_has.add(ws)
             ws.has_what.add(ts)
@@ -185,10 +218,10 @@ class SchedulerState(Placement, Recovery, Actors):
         if ts is None or ts.processing_on is not ws:
             # Released or moved while it ran: the worker should not keep it.
             if ts is None or ws not in ts.who_has:
-                self._send(ws, [Msg.FREE, [key]])
+                self.send(ws, [Msg.FREE, [key]])
             return
-        self._unassign(ts)
-        self._to(ts, "memory")
+        self.placement.unassign(ts)
+        self.to(ts, "memory")
         ts.nbytes = nbytes
         ts.who_has.add(ws)
         ws.has_what.add(ts)
@@ -197,19 +230,19 @@ class SchedulerState(Placement, Recovery, Actors):
         if payload is not None and ts.who_wants:
             ts.inline_to = frozenset(ts.who_wants)
         for cs in ts.who_wants:
-            self._send(cs, [Msg.TASK_DONE, key, payload, ws.address, nbytes])
+            self.send(cs, [Msg.TASK_DONE, key, payload, ws.address, nbytes])
         for dep in ts.dependents:
             dep.waiting_on.discard(ts)
             if not dep.waiting_on and dep.state == "waiting":
-                self._make_ready(dep)
-        self._maybe_forget(ts)
+                self.make_ready(dep)
+        self.maybe_forget(ts)
         self._inputs_done(ts)
-        self._fill(ws)
+        self.placement.fill(ws)
 
     def _inputs_done(self, ts: TaskState) -> None:
         """``ts`` no longer runs: its inputs may not be needed any more."""
         for dep in ts.dependencies:
-            self._maybe_forget(dep)
+            self.maybe_forget(dep)
 
     def task_failed(self, ws: WorkerState, key: str, exception: Any, tb: str) -> None:
         if ws.abandoned and self.task_released(ws, key):
@@ -217,13 +250,13 @@ class SchedulerState(Placement, Recovery, Actors):
         ts = self.tasks.get(key)
         if ts is None or ts.processing_on is not ws:
             return
-        self._unassign(ts)
+        self.placement.unassign(ts)
         if ts.retries > 0:
             ts.retries -= 1
-            self._make_ready(ts)
+            self.make_ready(ts)
         else:
             self._err(ts, exception, tb)
-        self._fill(ws)
+        self.placement.fill(ws)
 
     def _err(self, ts: TaskState, exception: Any, tb: str) -> None:
         """Fail a task and, with the same error, everything waiting on it."""
@@ -233,15 +266,15 @@ class SchedulerState(Placement, Recovery, Actors):
             if t.state in ("erred", "memory", "forgotten"):
                 continue
             self._stop_on_worker(t)
-            self._to(t, "erred")
+            self.to(t, "erred")
             t.exception, t.traceback = exception, tb
             self.counts["erred"] += 1
             for cs in t.who_wants:
-                self._send(cs, [Msg.TASK_ERRED, t.key, exception, tb])
+                self.send(cs, [Msg.TASK_ERRED, t.key, exception, tb])
             stack.extend(d for d in t.dependents if d.state in ACTIVE)
             self._inputs_done(t)
 
-    def _lose(self, ts: TaskState, kind: str, reason: str) -> None:
+    def lose(self, ts: TaskState, kind: str, reason: str) -> None:
         """Fail a task (and its dependents) for a reason the scheduler itself knows."""
         stack = [ts]
         while stack:
@@ -249,15 +282,30 @@ class SchedulerState(Placement, Recovery, Actors):
             if t.state in ("erred", "forgotten") or (t.state == "memory" and t is not ts):
                 continue
             self._stop_on_worker(t)
-            self._to(t, "erred")
+            self.to(t, "erred")
             t.exception, t.traceback, t.lost = None, reason, kind
             if t is ts:
                 self.monitor.event(f"task-{kind}", reason, key=t.key)
             self.counts["erred"] += 1
             for cs in t.who_wants:
-                self._send(cs, [Msg.TASK_LOST, t.key, kind, reason])
+                self.send(cs, [Msg.TASK_LOST, t.key, kind, reason])
             stack.extend(d for d in t.dependents if d.state in ACTIVE)
             self._inputs_done(t)
+
+    def make_ready(self, ts: TaskState) -> None:
+        """Every input of ``ts`` is in memory: send it to a worker, or queue it."""
+        place = self.placement
+        ws = place.pick(ts)
+        if ws is not None:
+            place.assign(ts, ws)
+            return
+        if ts.resources or ts.restrict:
+            why = place.unsatisfiable(ts.resources, ts.restrict)
+            if why:
+                self.lose(ts, "unsatisfiable", f"task {ts.key} cannot run anywhere: {why}")
+                return
+        place.enqueue(ts)
+        self.to(ts, "ready")
 
     # --- cancelling and forgetting --------------------------------------------------
     def release(self, cs: ClientState, keys: Iterable[str]) -> None:
@@ -267,7 +315,7 @@ class SchedulerState(Placement, Recovery, Actors):
                 continue
             cs.wants.discard(ts)
             ts.who_wants.discard(cs)
-            self._maybe_forget(ts)
+            self.maybe_forget(ts)
 
     def cancel(self, keys: Iterable[str], reason: str, cs: ClientState | None = None) -> None:
         """dask's cancel: running work is abandoned. From a client (``cs``), a key other
@@ -280,7 +328,7 @@ class SchedulerState(Placement, Recovery, Actors):
                 if ts in cs.wants:
                     cs.wants.discard(ts)
                     ts.who_wants.discard(cs)
-                    self._send(cs, [Msg.TASK_CANCELLED, key, reason])
+                    self.send(cs, [Msg.TASK_CANCELLED, key, reason])
             else:
                 self._cancel_one(ts, reason)
 
@@ -317,7 +365,7 @@ class SchedulerState(Placement, Recovery, Actors):
                 done.append(key)
             else:                  # wanted by someone else meanwhile: it must run
                 self._stop_on_worker(ts)
-                self._make_ready(ts)
+                self.make_ready(ts)
         return done
 
     def _cancel_one(self, ts: TaskState, reason: str) -> None:
@@ -327,17 +375,17 @@ class SchedulerState(Placement, Recovery, Actors):
             if t.state == "forgotten":
                 continue
             for cs in list(t.who_wants):
-                self._send(cs, [Msg.TASK_CANCELLED, t.key, reason])
+                self.send(cs, [Msg.TASK_CANCELLED, t.key, reason])
                 cs.wants.discard(t)
             t.who_wants.clear()
             stack.extend(t.dependents)
             self._forget(t)
 
-    def _needed(self, ts: TaskState) -> bool:
+    def needed(self, ts: TaskState) -> bool:
         return bool(ts.who_wants) or any(d.state in ACTIVE for d in ts.dependents)
 
-    def _maybe_forget(self, ts: TaskState) -> None:
-        if ts.state == "forgotten" or self._needed(ts):
+    def maybe_forget(self, ts: TaskState) -> None:
+        if ts.state == "forgotten" or self.needed(ts):
             return
         if ts.dependents and not ts.scattered:
             # Finished dependents may need this again if their data is lost: keep the
@@ -349,50 +397,40 @@ class SchedulerState(Placement, Recovery, Actors):
             self._forget(ts)
 
     def _release_data(self, ts: TaskState) -> None:
-        self._to(ts, "released")
+        self.to(ts, "released")
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
-            self._send(ws, [Msg.FREE, [ts.key]])
+            self.send(ws, [Msg.FREE, [ts.key]])
         ts.who_has.clear()
 
     def _forget(self, ts: TaskState) -> None:
         if ts.state == "forgotten":
             return
-        self._to(ts, "forgotten")
+        self.to(ts, "forgotten")
         self.tasks.pop(ts.key, None)
         self._stop_on_worker(ts)
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
-            self._send(ws, [Msg.FREE, [ts.key]])
+            self.send(ws, [Msg.FREE, [ts.key]])
         ts.who_has.clear()
         for dep in ts.dependencies:
             dep.dependents.discard(ts)
-            self._maybe_forget(dep)
+            self.maybe_forget(dep)
         ts.fn = ts.args = None
 
     def _stop_on_worker(self, ts: TaskState) -> None:
         """Take ``ts`` off its worker, which may be running it: a running thread cannot
         be stopped, so the slot (and resources) stay held until the worker says the task
         ended (:meth:`task_released`); no new work is sent there on its account."""
-        ws = ts.processing_on
-        if ws is None:
-            return
-        ws.processing.discard(ts)
-        ts.processing_on = None
-        ws.abandoned.append((ts.key, ts.resources))
-        self._send(ws, [Msg.FREE, [ts.key]])
+        ws = self.placement.abandon(ts)
+        if ws is not None:
+            self.send(ws, [Msg.FREE, [ts.key]])
 
     def task_released(self, ws: WorkerState, key: str) -> bool:
         """A task freed on ``ws`` has ended (or will never start): free its slot."""
-        for i, (k, resources) in enumerate(ws.abandoned):
-            if k == key:
-                del ws.abandoned[i]
-                self._release_resources(ws, resources)
-                self._fill(ws)
-                return True
-        return False
+        return self.placement.ended(ws, key)
 
     # --- workers -------------------------------------------------------------------
     def add_worker(self, address: str, *, nthreads: int = 1, name: str = "", pid: int = 0,
@@ -403,8 +441,8 @@ class SchedulerState(Placement, Recovery, Actors):
         ws.link = link
         self.workers[address] = ws
         self.exits.pop(address, None)
-        self.place_pending_actors()
-        self._fill(ws)
+        self.actor_registry.place_pending()
+        self.placement.fill(ws)
         return ws
 
     def heartbeat(self, ws: WorkerState, metrics: dict) -> None:
@@ -414,14 +452,14 @@ class SchedulerState(Placement, Recovery, Actors):
         if paused != ws.paused:
             ws.paused = paused
             if not paused:
-                self._fill(ws)
+                self.placement.fill(ws)
 
     def cancel_all(self, reason: str) -> None:
         """Every task of every client: cancelled and forgotten (``client.restart()``)."""
         for ts in list(self.tasks.values()):
             if ts.state != "forgotten":
                 self._cancel_one(ts, reason)
-        self.ready.clear()
+        self.placement.clear()
 
     # --- reporting -----------------------------------------------------------------
     def worker_info(self) -> dict:
