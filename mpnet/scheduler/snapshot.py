@@ -88,7 +88,7 @@ def snapshot(scheduler: Any, *, history: bool = False, events: int = 20) -> dict
                        "host": _host(a.worker.address) if a.worker is not None else ""})
     return {
         "version": SNAPSHOT_VERSION,
-        "type": Any, "id": scheduler.id, "address": scheduler.address,
+        "type": "Scheduler", "id": scheduler.id, "address": scheduler.address,
         "dashboard": scheduler.dashboard_link, "pid": os.getpid(),
         "time": time.time(), "started": mon.started, "uptime": time.time() - mon.started,
         "clients": len(st.clients),
