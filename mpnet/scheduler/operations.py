@@ -7,8 +7,9 @@
     client ── RETIRE_WORKERS ─► no new work there ─► its tasks finish ─► ACQUIRE:
               other workers copy what lives only there ─► CLOSE_WORKER("retired") ─► REPLY
 
-These run on the scheduler's loop thread, as small objects driven by timers and
-replies; the state machine does the bookkeeping, this module the choreography.
+These run on the scheduler's loop thread, driven by events (``Scheduler.when``: no
+polling) and replies; the state machine does the bookkeeping, this module the
+choreography.
 ``scheduler`` is the :class:`~mpnet.scheduler.server.Scheduler`, used through its public
 names (the server imports this module, not the other way round).
 """
@@ -26,8 +27,6 @@ from ..comm.protocol import Msg
 __all__ = ["restart", "retire", "check_heartbeats"]
 
 log = logging.getLogger("mpnet.scheduler")
-
-_POLL = 0.05
 
 
 def check_heartbeats(scheduler: Any) -> None:
@@ -58,25 +57,21 @@ def restart(scheduler: Any, addresses: list[str] | None, timeout: float,
         scheduler.nannies[nanny].send([Msg.RESTART_WORKER, "client.restart()"])
     scheduler.flush()
     old = {ws.address for ws in chosen}
-    deadline = time.monotonic() + timeout
 
     def back() -> set[str]:
         """Nannies whose new worker has registered."""
         return {ws.nanny for ws in state.workers.values()
                 if ws.nanny in nannies and ws.address not in old}
 
-    def check() -> None:
-        came_back = back()
-        if came_back == nannies:
+    def finished(all_back: bool) -> None:
+        if all_back:
             note = (f"; {len(without)} workers without a nanny were not restarted: "
                     f"{', '.join(without)}") if without else ""
             done(True, f"restarted {len(nannies)} workers{note}")
-        elif time.monotonic() > deadline:
-            done(False, f"only {len(came_back)} of {len(nannies)} workers came back within "
-                        f"{timeout}s; the others' nannies are still trying (see their logs)")
         else:
-            scheduler.loop.call_later(_POLL, check)
-    check()
+            done(False, f"only {len(back())} of {len(nannies)} workers came back within "
+                        f"{timeout}s; the others' nannies are still trying (see their logs)")
+    scheduler.when(lambda: back() == nannies, finished, timeout)
 
 
 def retire(scheduler: Any, addresses: list[str], timeout: float,
@@ -86,14 +81,9 @@ def retire(scheduler: Any, addresses: list[str], timeout: float,
     targets = [a for a in addresses if a in state.workers]
     for address in targets:
         state.stop_assigning(address)
-    deadline = time.monotonic() + timeout
 
-    def drained() -> None:
-        busy = [a for a in targets if a in state.workers and state.workers[a].processing]
-        if busy and time.monotonic() < deadline:
-            scheduler.loop.call_later(_POLL, drained)
-            return
-        move()
+    def drained() -> bool:
+        return not any(a in state.workers and state.workers[a].processing for a in targets)
 
     def move() -> None:
         copies: list[Future] = []
@@ -121,4 +111,5 @@ def retire(scheduler: Any, addresses: list[str], timeout: float,
         scheduler.flush()
         done(True, f"retired {len(targets)} workers")
 
-    drained()
+    # Their tasks end (or the timeout passes): then move what only they hold.
+    scheduler.when(drained, lambda _: move(), timeout)

@@ -32,6 +32,7 @@ from ..comm.session import Sessions
 from ..config import Config, make_config, tune_gc
 from ..scheduler_file import remove_scheduler_file, write_scheduler_file
 from ..errors import ClusterClosedError, MpnetError
+from ..lifecycle import SERVER_MOVES, Lifecycle, Status
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import get_versions
@@ -87,9 +88,11 @@ class Scheduler:
         self.loop = loop or EventLoop("mpnet-scheduler-loop")
         self.listener: Listener | None = None
         self.address = ""
-        self._status = "created"
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
+        self._life = Lifecycle("scheduler", SERVER_MOVES)
+        self._lock = threading.Lock()          # start and close, one at a time
+        self._idle_closer: threading.Thread | None = None
+        # (ready, then, deadline timer): checked after every event (see when())
+        self._conditions: list[list] = []
         self.nannies: dict[str, Any] = {}      # nanny address → its NannySession
         self.restarts: dict[str, int] = {}           # nanny address → worker restarts
         self.monitoring = Monitoring(self)     # status, task stream, logs, dashboard
@@ -108,11 +111,10 @@ class Scheduler:
     def start(self, address: str | None = None) -> "Scheduler":
         """Listen (on ``address`` such as ``'tcp://:8786'`` if given) and return."""
         with self._lock:
-            if self._status != "created":
-                if self._status == "running":
+            if not self._life.move(Status.STARTING, only_from=(Status.CREATED,)):
+                if self._life.is_in(Status.RUNNING):
                     return self
-                raise ClusterClosedError("this Scheduler was closed; create a new one")
-            self._status = "starting"
+                raise ClusterClosedError(f"this Scheduler is {self.status}; create a new one")
         scheme = None
         if address is not None:
             self.host, self.port = parse_address(address, default_port=self.port)
@@ -126,13 +128,13 @@ class Scheduler:
                                      info={"id": self.id}, handler=self._dispatch,
                                      on_close=self._on_close, scheme=scheme)
         except (OSError, MpnetError):
-            self._status = "closed"
-            if self._own_loop:
-                self.loop.close()
+            self._life.move(Status.FAILED)
+            self.close()       # frees the loop; wait_closed() returns
             raise
         shown = host if host not in ("", "0.0.0.0") else outward_host()
         self.address = self.listener.address_at(shown)
-        self._status = "running"
+        if not self._life.move(Status.RUNNING, only_from=(Status.STARTING,)):
+            raise ClusterClosedError("the Scheduler was closed while it started")
         self.started = time.time()     # scheduler_info()["started"], as in dask
         log.info("Scheduler at: %s", self.address)
         try:
@@ -151,7 +153,7 @@ class Scheduler:
         return self
 
     def _check_heartbeats(self) -> None:
-        if self._status != "running":
+        if self.status != "running":
             return
         operations.check_heartbeats(self)
         self.loop.call_later(min(1.0, self.config.worker_ttl / 4), self._check_heartbeats)
@@ -178,7 +180,7 @@ class Scheduler:
             self.plugins[name] = plugin
             if hasattr(plugin, "transition"):
                 self.state.on_transition = self._transition_hook
-            if self._status == "running":
+            if self.status == "running":
                 call_hook({name: plugin}, "start", self)
         self.loop.run_sync(add) if self.loop.running else add()
 
@@ -186,13 +188,16 @@ class Scheduler:
         call_hook(self.plugins, "transition", key, start, finish)
 
     def _check_idle(self) -> None:
-        if self._status != "running":
+        if self.status != "running":
             return
         if self.state.clients or self.state.tasks:
             self._idle_since = time.monotonic()
         elif time.monotonic() - self._idle_since > self.idle_timeout:
             log.info("scheduler idle for %ss: closing", self.idle_timeout)
-            threading.Thread(target=self.close, name="mpnet-scheduler-idle-close").start()
+            # Not on the loop: close() waits for the loop. Joined by wait_closed().
+            self._idle_closer = threading.Thread(target=self.close,
+                                                 name="mpnet-scheduler-idle-close")
+            self._idle_closer.start()
             return
         self.loop.call_later(min(1.0, self.idle_timeout / 4), self._check_idle)
 
@@ -203,16 +208,19 @@ class Scheduler:
         self.close()
 
     @property
-    def status(self) -> str:
-        return self._status
+    def status(self) -> Status:
+        return self._life.state
 
     def close(self, timeout: float | None = None) -> None:
-        """Tell workers and nannies to stop, drop every connection, stop the loop."""
+        """Tell workers and nannies to stop, drop every connection, stop the loop.
+        A second caller waits (``timeout`` seconds, 5 by default) for the first."""
         with self._lock:
-            if self._status in ("closing", "closed"):
-                return
-            started = self._status == "running"
-            self._status = "closing"
+            started = self._life.is_in(Status.RUNNING)
+            mine = self._life.move(Status.CLOSING, only_from=(
+                Status.CREATED, Status.RUNNING, Status.FAILED))
+        if not mine:
+            self._life.wait_for(Status.CLOSED, timeout=timeout or 5)
+            return
         self.monitoring.close()    # off the loop: the HTTP thread may be waiting on it
         if started:
             for preload in self.preloads:
@@ -225,8 +233,8 @@ class Scheduler:
                 remove_scheduler_file(self.scheduler_file, self.id)
         if self._own_loop:
             self.loop.close()
-        self._status = "closed"
-        self._closed.set()
+        self._conditions.clear()
+        self._life.move(Status.CLOSED)
 
     def _close_on_loop(self) -> None:
         call_hook(self.plugins, "close")
@@ -242,7 +250,12 @@ class Scheduler:
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the scheduler is closed; False if ``timeout`` seconds passed."""
-        return self._closed.wait(timeout)
+        if not self._life.wait_for(Status.CLOSED, timeout=timeout):
+            return False
+        closer = self._idle_closer
+        if closer is not None and closer is not threading.current_thread():
+            closer.join(timeout)      # it ends right after the move to closed
+        return True
 
     # --- dispatch ------------------------------------------------------------------
     # Every link (a TCP Connection or an in-process link) calls these two on the loop.
@@ -256,11 +269,43 @@ class Scheduler:
         self.sessions.closed(link, exc)
         self.flush()
 
+    def when(self, ready: Callable[[], bool], then: Callable[[bool], None],
+             timeout: float) -> None:
+        """Call ``then(True)`` (loop thread) once ``ready()`` holds after an event (a
+        message or a closed link), or ``then(False)`` after ``timeout`` seconds: waits
+        for the cluster to change without polling it."""
+        if ready():
+            then(True)
+            return
+        entry: list = [ready, then, None]
+
+        def expired() -> None:
+            if entry in self._conditions:
+                self._conditions.remove(entry)
+                then(False)
+                self.flush()
+        entry[2] = self.loop.call_later(timeout, expired)
+        self._conditions.append(entry)
+
+    def _check_conditions(self) -> None:
+        for entry in list(self._conditions):
+            ready, then, timer = entry
+            if entry in self._conditions and ready():
+                self._conditions.remove(entry)
+                timer.cancel()
+                then(True)
+
     def flush(self) -> None:
-        """Send what the state machine queued (loop thread)."""
+        """Send what the state machine queued, after any event (loop thread); then run
+        the waits (:meth:`when`) that this change may have satisfied."""
         for dest, msg in self.state.take_outbox():
             if dest.link is not None:
                 dest.link.send(msg)
+        if self._conditions:
+            self._check_conditions()
+            for dest, msg in self.state.take_outbox():
+                if dest.link is not None:
+                    dest.link.send(msg)
 
     def lose_worker(self, ws: WorkerState, reason: str) -> None:
         """``ws`` is gone without a goodbye (its link broke, or it went silent)."""
@@ -302,4 +347,4 @@ class Scheduler:
                 "versions": get_versions()}
 
     def __repr__(self) -> str:
-        return f"<Scheduler {self.address or '(not started)'} {self._status}>"
+        return f"<Scheduler {self.address or '(not started)'} {self.status}>"
