@@ -5,7 +5,11 @@ It moves a task to "processing" and queues its COMPUTE through the two callables
 given (``to`` and ``send``), and tells its owner when resources free up (``on_freed``).
 
 - A task goes to the worker holding most of its input bytes, if it has room; else to
-  the least loaded worker (tasks sent / threads).
+  the least loaded worker (tasks sent / threads; the first to join among equals).
+  That one is found in O(log workers), not by a scan: the workers with room wait in a
+  heap by load, and whatever changes a worker's load or room calls :meth:`touch`,
+  which files a fresh entry and voids the old (stale ones leave the heap as they reach
+  its top, or when it is rebuilt at twice the live size).
 - A worker holds at most ``nthreads + worker_queue_extra`` tasks (none while paused or
   retiring); the rest wait here, in a priority heap, or, for tasks with resources or
   worker restrictions, in ``restricted`` until a worker that fits has room.
@@ -16,6 +20,7 @@ given (``to`` and ``send``), and tells its owner when resources free up (``on_fr
 from __future__ import annotations
 
 import heapq
+import itertools
 from typing import Any, Callable
 
 from ..comm.protocol import Msg
@@ -35,6 +40,47 @@ class Placement:
         self._send = send
         #: called when a worker's resources free up (actors waiting for them)
         self.on_freed: Callable[[], None] = lambda: None
+        # Workers with room, least loaded first: entries [load, rank, worker, live].
+        self._room: list[list] = []
+        self._entry: dict[WorkerState, list] = {}     # each worker's live entry
+        self._rank: dict[WorkerState, int] = {}       # join order, to break ties
+        self._ranks = itertools.count()
+
+    # --- the workers -------------------------------------------------------------------
+    def add(self, ws: WorkerState) -> None:
+        """``ws`` joined (it is in ``workers`` already)."""
+        self._rank[ws] = next(self._ranks)
+        self.touch(ws)
+
+    def remove(self, ws: WorkerState) -> None:
+        """``ws`` left: never choose it again."""
+        self._rank.pop(ws, None)
+        entry = self._entry.pop(ws, None)
+        if entry is not None:
+            entry[3] = False
+
+    def touch(self, ws: WorkerState) -> None:
+        """``ws``'s load or room changed (tasks sent or ended, paused, retiring)."""
+        entry = self._entry.pop(ws, None)
+        if entry is not None:
+            entry[3] = False
+        rank = self._rank.get(ws)
+        if rank is None or len(ws.processing) >= self.capacity(ws):
+            return
+        entry = self._entry[ws] = [len(ws.processing) / ws.nthreads, rank, ws, True]
+        heapq.heappush(self._room, entry)
+        if len(self._room) > 2 * len(self._entry) + 64:
+            self._room = [e for e in self._room if e[3]]
+            heapq.heapify(self._room)
+
+    def _least_loaded(self) -> WorkerState | None:
+        room = self._room
+        while room:
+            entry = room[0]
+            if entry[3]:
+                return entry[2]
+            heapq.heappop(room)
+        return None
 
     # --- how much room --------------------------------------------------------------
     def capacity(self, ws: WorkerState) -> int:
@@ -61,12 +107,7 @@ class Placement:
             for ws in sorted(held, key=held.__getitem__, reverse=True):
                 if len(ws.processing) < self.capacity(ws):
                     return ws
-        best, best_load = None, None
-        for ws in self.workers.values():
-            load = len(ws.processing) / ws.nthreads
-            if len(ws.processing) < self.capacity(ws) and (best is None or load < best_load):
-                best, best_load = ws, load
-        return best
+        return self._least_loaded()
 
     def _pick_constrained(self, ts: TaskState) -> WorkerState | None:
         fits = [ws for ws in self.workers.values()
@@ -130,6 +171,7 @@ class Placement:
         ts.processing_on = ws          # first: the monitor notes where it runs
         self._to(ts, "processing")
         ws.processing.add(ts)
+        self.touch(ws)
         self.acquire(ws, ts.resources)
         who_has = [[d.key, [w.address for w in d.who_has]] for d in ts.dependencies]
         self._send(ws, [Msg.COMPUTE, ts.key, ts.fn, ts.args, who_has, ts.priority])
@@ -139,6 +181,7 @@ class Placement:
         ws = ts.processing_on
         if ws is not None:
             ws.processing.discard(ts)
+            self.touch(ws)
             self.release(ws, ts.resources)
             ts.processing_on = None
         return ws
@@ -151,6 +194,7 @@ class Placement:
             ws.processing.discard(ts)
             ts.processing_on = None
             ws.abandoned.append((ts.key, ts.resources))
+            self.touch(ws)
         return ws
 
     def ended(self, ws: WorkerState, key: str) -> bool:
@@ -158,6 +202,7 @@ class Placement:
         for i, (k, resources) in enumerate(ws.abandoned):
             if k == key:
                 del ws.abandoned[i]
+                self.touch(ws)
                 self.release(ws, resources)
                 self.fill(ws)
                 return True

@@ -61,6 +61,7 @@ class Recovery:
         ws = self.state.workers.get(address)
         if ws is not None:
             ws.retiring = True
+            self.placement.touch(ws)
 
     def retire(self, address: str) -> list[list]:
         """Plan the move of data that lives only on ``address`` (retiring) and is still
@@ -68,6 +69,7 @@ class Recovery:
         tasks, workers = self.state.tasks, self.state.workers
         ws = workers[address]
         ws.retiring = True
+        self.placement.touch(ws)
         others = [w for w in workers.values() if not w.retiring and w is not ws]
         if not others:
             return []
@@ -119,6 +121,7 @@ class Recovery:
         ws = st.workers.pop(address, None)
         if ws is None:
             return
+        self.placement.remove(ws)
         if not graceful:
             st.counts["workers_lost"] += 1
         ended = f"{address} ({st.exits.get(address) or ws.exit or reason})"

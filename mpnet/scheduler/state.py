@@ -440,6 +440,7 @@ class SchedulerState:
         ws = WorkerState(address, max(1, nthreads), name or address, pid, nanny, info or {})
         ws.link = link
         self.workers[address] = ws
+        self.placement.add(ws)
         self.exits.pop(address, None)
         self.actor_registry.place_pending()
         self.placement.fill(ws)
@@ -451,6 +452,7 @@ class SchedulerState:
         paused = bool(metrics.get("paused"))
         if paused != ws.paused:
             ws.paused = paused
+            self.placement.touch(ws)
             if not paused:
                 self.placement.fill(ws)
 
