@@ -208,7 +208,8 @@ def _release_actor(session: Any, key: str) -> None:
 
 
 #: the actor-handle messages, for every role that may hold handles
-HOLDER_HANDLERS = {Msg.CREATE_ACTOR: _create_actor, Msg.CREATE_NAMED_ACTOR: _create_named_actor,
+HOLDER_HANDLERS = {Msg.CREATE_ACTOR: _create_actor,
+                   Msg.CREATE_NAMED_ACTOR: _create_named_actor,
                    Msg.LOOKUP_ACTOR: _lookup_actor, Msg.RELEASE_ACTOR: _release_actor}
 
 

@@ -190,7 +190,8 @@ class Recovery:
             if dep.state == "memory" and dep.who_has:
                 continue
             if dep.state in ("erred", "forgotten"):
-                self.state.lose(ts, "lost", f"input {dep.key} of {ts.key} is no longer available")
+                self.state.lose(ts, "lost",
+                                f"input {dep.key} of {ts.key} is no longer available")
                 return
             ts.waiting_on.add(dep)
             if dep.state in ("released", "memory"):

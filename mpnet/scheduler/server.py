@@ -1,14 +1,17 @@
-"""The scheduler's I/O layer: sockets in, state-machine calls, messages out.
+"""The scheduler's I/O layer: links in, state-machine calls, messages out.
 
 ::
 
-    clients ──SUBMIT/RELEASE/CANCEL──►┐                       ┌──COMPUTE/FREE──► workers
-    workers ──TASK_FINISHED/FAILED───►├─ handler ─► SchedulerState ─► outbox ─┤
-    nannies ──WORKER_EXITED──────────►┘    (loop thread only)  └──TASK_DONE──► clients
+    clients ──SUBMIT/RELEASE/CANCEL──►┐ the link's             ┌──COMPUTE/FREE──► workers
+    workers ──TASK_FINISHED/FAILED───►├─ session ─► SchedulerState ─► outbox ─┤
+    nannies ──WORKER_EXITED──────────►┘ (its role)             └──TASK_DONE──► clients
 
-Everything here runs on one event-loop thread (the scheduler's own, or the loop of the
-LocalCluster that embeds it). The only user payloads unpickled here are the functions
-of ``run_on_scheduler``, which a token holder asks for explicitly.
+This module holds the lifecycle (start, close), plugins, the outbox and the waits
+(:meth:`Scheduler.when`); each role's handlers live with its session, in
+:mod:`.clients` and :mod:`.workers`. Everything here runs on one event-loop thread
+(the scheduler's own, or the loop of the LocalCluster that embeds it). The only user
+payloads the scheduler unpickles are the functions of ``run_on_scheduler`` and
+scheduler plugins, which a token holder asks for explicitly.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import socket
 import threading
 import time
 import uuid
-from functools import partial
 from concurrent.futures import Future
+from functools import partial
 from typing import Any, Callable
 
 from ..comm.addressing import address_scheme, outward_host, parse_address
@@ -30,11 +33,11 @@ from ..comm.eventloop import EventLoop
 from ..comm.protocol import Msg
 from ..comm.session import Sessions
 from ..config import Config, make_config, tune_gc
-from ..scheduler_file import remove_scheduler_file, write_scheduler_file
 from ..errors import ClusterClosedError, MpnetError
 from ..lifecycle import SERVER_MOVES, Lifecycle, Status
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
+from ..scheduler_file import remove_scheduler_file, write_scheduler_file
 from ..versions import get_versions
 from . import operations
 from .clients import client_role, register_client
