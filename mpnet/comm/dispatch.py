@@ -42,7 +42,8 @@ class Dispatcher:
     def __call__(self, conn: Any, msg: list) -> None:
         entry = self._table.get(msg[0])
         if entry is None:
-            raise ProtocolError(f"a {self.role} has no handler for {_name(msg[0])}")
+            raise ProtocolError(f"a {self.role} has no handler for message type "
+                                f"{msg[0]}{_name(msg[0])}")
         fn, low, high, checks = entry
         if not low <= len(msg) - 1 <= high:
             raise ProtocolError(f"malformed {Msg(msg[0]).name} message: {len(msg) - 1} "
@@ -58,11 +59,11 @@ class Dispatcher:
 
 
 def _name(msg_type: Any) -> str:
-    """The message's name if it is one (the type came from a peer: it may be anything)."""
+    """`` (NAME)`` if the type is a known one (it came from a peer: it may be anything)."""
     try:
-        return f"{Msg(msg_type).name} messages"
+        return f" ({Msg(msg_type).name})"
     except (ValueError, TypeError):
-        return f"message type {msg_type!r}"
+        return ""
 
 
 def _arity(fn: Callable, skip: int) -> tuple[int, float]:

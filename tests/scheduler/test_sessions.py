@@ -82,7 +82,7 @@ def _submit(key):
 
 def test_submit_on_a_worker_link_is_refused_and_leaves_no_task(sched):
     w = _worker(sched)
-    with pytest.raises(ProtocolError, match="worker has no handler for SUBMIT"):
+    with pytest.raises(ProtocolError, match="worker has no handler.*SUBMIT"):
         sched._dispatch(w, _submit("k1"))
     assert sched.state.tasks == {} and not sched.state.clients
 
@@ -93,7 +93,7 @@ def test_task_finished_from_a_client_is_refused_and_changes_nothing(sched):
     sched._dispatch(c, _submit("k1"))
     ts = sched.state.tasks["k1"]
     assert ts.state == "processing"
-    with pytest.raises(ProtocolError, match="client has no handler for TASK_FINISHED"):
+    with pytest.raises(ProtocolError, match="client has no handler.*TASK_FINISHED"):
         sched._dispatch(c, [Msg.TASK_FINISHED, "k1", None, 1])
     assert ts.state == "processing" and sched.state.counts["finished"] == 0
 
@@ -123,7 +123,7 @@ def test_a_nanny_is_served_only_its_own_messages(sched, msg):
 ])
 def test_a_second_registration_on_one_link_is_refused(sched, second):
     c = _client(sched)
-    with pytest.raises(ProtocolError, match="client has no handler for REGISTER_"):
+    with pytest.raises(ProtocolError, match="client has no handler.*REGISTER_"):
         sched._dispatch(c, second)
     assert set(sched.state.clients) == {"c1"} and not sched.state.workers
     assert not sched.nannies
