@@ -7,9 +7,10 @@ given (``to`` and ``send``), and tells its owner when resources free up (``on_fr
 - A task goes to the worker holding most of its input bytes, if it has room; else to
   the least loaded worker (tasks sent / threads; the first to join among equals).
   That one is found in O(log workers), not by a scan: the workers with room wait in a
-  heap by load, and whatever changes a worker's load or room calls :meth:`touch`,
-  which files a fresh entry and voids the old (stale ones leave the heap as they reach
-  its top, or when it is rebuilt at twice the live size).
+  heap by load. Whatever changes a worker's load or room calls :meth:`touch`; before
+  the next choice each touched worker gets a fresh entry and its old one is voided
+  (stale entries leave as they reach the top, or when the heap is rebuilt at twice
+  the live size).
 - A worker holds at most ``nthreads + worker_queue_extra`` tasks (none while paused or
   retiring); the rest wait here, in a priority heap, or, for tasks with resources or
   worker restrictions, in ``restricted`` until a worker that fits has room.
@@ -45,6 +46,7 @@ class Placement:
         self._entry: dict[WorkerState, list] = {}     # each worker's live entry
         self._rank: dict[WorkerState, int] = {}       # join order, to break ties
         self._ranks = itertools.count()
+        self._dirty: set[WorkerState] = set()         # touched since the last choice
 
     # --- the workers -------------------------------------------------------------------
     def add(self, ws: WorkerState) -> None:
@@ -55,25 +57,44 @@ class Placement:
     def remove(self, ws: WorkerState) -> None:
         """``ws`` left: never choose it again."""
         self._rank.pop(ws, None)
+        self._dirty.discard(ws)
         entry = self._entry.pop(ws, None)
         if entry is not None:
             entry[3] = False
 
     def touch(self, ws: WorkerState) -> None:
-        """``ws``'s load or room changed (tasks sent or ended, paused, retiring)."""
-        entry = self._entry.pop(ws, None)
-        if entry is not None:
-            entry[3] = False
-        rank = self._rank.get(ws)
-        if rank is None or len(ws.processing) >= self.capacity(ws):
-            return
-        entry = self._entry[ws] = [len(ws.processing) / ws.nthreads, rank, ws, True]
-        heapq.heappush(self._room, entry)
+        """``ws``'s load or room changed (tasks sent or ended, paused, retiring). Noted
+        only: the heap is brought up to date when a worker is next chosen, so a worker
+        touched many times in between (a burst of results) costs one heap entry."""
+        self._dirty.add(ws)
+
+    def _refresh(self) -> None:
+        """File a fresh heap entry for each touched worker that has room; void the old."""
+        room = self._room
+        for ws in self._dirty:
+            old = self._entry.pop(ws, None)
+            if old is not None:
+                old[3] = False
+                rank = old[1]
+            else:
+                rank = self._rank.get(ws)
+                if rank is None:         # it left
+                    continue
+            n = len(ws.processing)
+            if n < self.capacity(ws):
+                entry = self._entry[ws] = [n / ws.nthreads, rank, ws, True]
+                if room and room[0] is old:      # the usual case: the one just chosen
+                    heapq.heapreplace(room, entry)
+                else:
+                    heapq.heappush(room, entry)
+        self._dirty.clear()
         if len(self._room) > 2 * len(self._entry) + 64:
             self._room = [e for e in self._room if e[3]]
             heapq.heapify(self._room)
 
     def _least_loaded(self) -> WorkerState | None:
+        if self._dirty:
+            self._refresh()
         room = self._room
         while room:
             entry = room[0]
@@ -171,7 +192,7 @@ class Placement:
         ts.processing_on = ws          # first: the monitor notes where it runs
         self._to(ts, "processing")
         ws.processing.add(ts)
-        self.touch(ws)
+        self._dirty.add(ws)            # touch(ws), inlined: once per task
         self.acquire(ws, ts.resources)
         who_has = [[d.key, [w.address for w in d.who_has]] for d in ts.dependencies]
         self._send(ws, [Msg.COMPUTE, ts.key, ts.fn, ts.args, who_has, ts.priority])
@@ -181,7 +202,7 @@ class Placement:
         ws = ts.processing_on
         if ws is not None:
             ws.processing.discard(ts)
-            self.touch(ws)
+            self._dirty.add(ws)        # touch(ws), inlined: once per task
             self.release(ws, ts.resources)
             ts.processing_on = None
         return ws
