@@ -317,6 +317,17 @@ def _mem_now(trim=False, mpnet_scheduler=None):
             "rss": psutil.Process().memory_info().rss}
 
 
+def _mem_top(path, mpnet_scheduler=None):
+    """Write the 25 biggest allocation sites still alive (tracemalloc) to ``path``."""
+    import tracemalloc
+    gc.collect()
+    stats = tracemalloc.take_snapshot().statistics("lineno")
+    with open(path, "w") as f:
+        f.write(f"{sum(s.size for s in stats):,} bytes traced in all; the biggest sites:\n")
+        for stat in stats[:25]:
+            f.write(f"{stat.size:>12,} B {stat.count:>9,} blocks  {stat.traceback}\n")
+
+
 def _mem_stop(mpnet_scheduler):
     import tracemalloc
     tracemalloc.stop()
@@ -343,6 +354,9 @@ def part_memory(args, tmp):
                 raise TimeoutError("the tasks did not all reach the scheduler")
             time.sleep(0.05)
         queued = client.run_on_scheduler(_mem_now)
+        if args.profile:
+            client.run_on_scheduler(_mem_top, os.path.abspath(
+                os.path.join(args.profile, "scale_memory_queued.txt")))
         open(plug, "w").close()
         client.gather(blockers + futures)
         held = client.run_on_scheduler(_mem_now)
@@ -350,6 +364,9 @@ def part_memory(args, tmp):
         wait_idle(client)
         after = client.run_on_scheduler(_mem_now)
         trimmed = client.run_on_scheduler(_mem_now, True)
+        if args.profile:
+            client.run_on_scheduler(_mem_top, os.path.abspath(
+                os.path.join(args.profile, "scale_memory_released.txt")))
         client.run_on_scheduler(_mem_stop)
     for k in ("traced", "rss"):
         res[f"queued_{k}_per_task"] = (queued[k] - base[k]) / n

@@ -1,29 +1,64 @@
-"""The records the scheduler keeps: one per task, worker and client. Data only."""
+"""The records the scheduler keeps: one per task, worker and client. Data only.
+
+A scheduler holds one :class:`TaskState` per task it knows, a million of them at a time
+if a client submits that many (benchmarks/bench_scale.py measures the bytes per task),
+so this record is kept small: no container is made before it is needed where the state
+machine allows it, and a function sent again and again (``map``) is kept once.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-__all__ = ["TaskState", "WorkerState", "ClientState", "ACTIVE"]
+from ..comm.serialize import Payload
+
+__all__ = ["TaskState", "WorkerState", "ClientState", "ACTIVE", "shared_function"]
 
 #: states in which a task still needs its inputs
 ACTIVE = frozenset({"waiting", "ready", "processing"})
+
+# Since Python 3.10 every frozenset() is a new 216-byte object: share one.
+_NONE: frozenset = frozenset()
+
+#: (kind, header) -> the one Payload kept for that function (see shared_function)
+_FUNCTIONS: dict[tuple, Payload] = {}
+_FUNCTIONS_MAX = 1024
+
+
+def shared_function(fn: Any) -> Any:
+    """The one copy of a small function payload: every SUBMIT of ``map(f, ...)`` brings
+    its own identical bytes of ``f`` (a few hundred bytes when pickled by value, more
+    than the rest of the task's record), and a million queued tasks would keep a million
+    copies. Payloads are opaque and never changed once decoded, so equal bytes may be
+    one object. Only payloads without out-of-band buffers (small ones) are shared; the
+    table is bounded (cleared when full: the tasks keep their copies)."""
+    if type(fn) is not Payload or fn.buffers:
+        return fn
+    key = (fn.kind, fn.header)
+    kept = _FUNCTIONS.get(key)
+    if kept is None:
+        if len(_FUNCTIONS) >= _FUNCTIONS_MAX:
+            _FUNCTIONS.clear()
+        kept = _FUNCTIONS[key] = fn
+    return kept
 
 
 class TaskState:
     __slots__ = ("key", "state", "fn", "args", "dependencies", "dependents", "waiting_on",
                  "who_has", "processing_on", "who_wants", "priority", "retries", "nbytes",
-                 "exception", "traceback", "lost", "failed_on", "scattered", "resources",
+                 "exception", "traceback", "lost", "_failed_on", "scattered", "resources",
                  "restrict", "inline_to", "group", "started", "ran_on", "__weakref__")
 
     def __init__(self, key: str, fn: Any, args: Any, priority: tuple, retries: int):
         self.key = key
         self.state = "waiting"
-        self.fn, self.args = fn, args
+        self.fn, self.args = shared_function(fn), args
         self.dependencies: set[TaskState] = set()
         self.dependents: set[TaskState] = set()
-        self.waiting_on: set[TaskState] = set()
+        # Replaced by a set of its own when the task starts waiting for inputs
+        # (Recovery._wait_for_inputs), before anything is added: nothing to make here.
+        self.waiting_on: set[TaskState] | frozenset = _NONE
         self.who_has: set[WorkerState] = set()
         self.processing_on: WorkerState | None = None
         self.who_wants: set[ClientState] = set()
@@ -33,14 +68,22 @@ class TaskState:
         self.exception: Any = None
         self.traceback = ""
         self.lost = ""                     # "killed" / "lost" when the scheduler failed it
-        self.failed_on: list[str] = []     # workers that died while running it
+        self._failed_on: list[str] | None = None   # see failed_on
         self.scattered = False
         self.resources: dict | None = None     # e.g. {"GPU": 1}: held while it runs
         self.restrict: set | None = None       # worker addresses or names it may run on
-        self.inline_to: frozenset = frozenset()  # clients that got the value itself
+        self.inline_to: frozenset = _NONE      # clients that got the value itself
         self.group: Any = None                 # monitor.Group of its function name
         self.started = 0.0                     # time.time() it was sent to a worker
         self.ran_on = ""                       # that worker's address (task stream)
+
+    @property
+    def failed_on(self) -> list[str]:
+        """The workers that died while running it (made on first use: few tasks ever
+        see a worker die, and an empty list per task is 56 bytes a million times)."""
+        if self._failed_on is None:
+            self._failed_on = []
+        return self._failed_on
 
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"
