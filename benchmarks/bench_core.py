@@ -56,6 +56,7 @@ sys.path.insert(0, ROOT)   # benchmark this checkout, installed or not (children
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
 COLD_TARGET_S = 0.5
+THROUGHPUT_TARGET = 1.5       # mpnet/ppe tasks/s, submit and map (issue 14)
 
 
 def inc(x):
@@ -305,6 +306,10 @@ def report(results, n, args):
             better = "lower" if key == "latency_ms" else "higher"
             print(f"{label.split(',')[0].replace(' N', '')}: mpnet/ppe = {ratios[key]:.2f}x "
                   f"({better} is better for mpnet)")
+    for key, label in (("submit_tps", "submit"), ("map_tps", "map")):
+        if key in ratios:       # issue 14, target 3: throughput at least 1.5x the pool
+            print(f"throughput target, {label}: mpnet/ppe {ratios[key]:.2f}x, target >= "
+                  f"{THROUGHPUT_TARGET}x: {'PASS' if ratios[key] >= THROUGHPUT_TARGET else 'MISS'}")
     if m.get("cold_s") is not None:
         ok = "MET" if m["cold_s"] < COLD_TARGET_S else "MISSED"
         print(f"mpnet cold start: {m['cold_s']:.3f} s, target < {COLD_TARGET_S} s: {ok}")

@@ -243,10 +243,12 @@ def part_tasks(args, tmp):
             wait_idle(client)
         res["mpnet_small_tps"] = statistics.median(smalls)
         log(f"  mpnet {small:,}: {res['mpnet_small_tps']:,.0f}/s; now {total:,} ...")
-        path = os.path.join(args.profile, "scale_tasks_map.txt") if args.profile else None
-        with profiled(client, path):
-            res["mpnet_total_tps"] = batches_tps(mpnet_batch, total, batch)
+        res["mpnet_total_tps"] = batches_tps(mpnet_batch, total, batch)
         wait_idle(client)
+        if args.profile:        # one more batch, profiled (cProfile slows the loop ~2x)
+            with profiled(client, os.path.join(args.profile, "scale_tasks_map.txt")):
+                batches_tps(mpnet_batch, batch, batch)
+            wait_idle(client)
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(2) as ex:
         def pool_batch(start, n):
@@ -418,13 +420,15 @@ def part_graphs(args, tmp):
         res["tree_tasks"] = tree_reduce(client, leaves)
         res["tree_tps"] = res["tree_tasks"] / (time.perf_counter() - t)
         wait_idle(client)
-        path = os.path.join(args.profile, "scale_chain_grid.txt") if args.profile else None
-        with profiled(client, path):
-            t = time.perf_counter()
-            res["grid_tasks"] = chain_grid(client, chains, length)
-            res["grid_tps"] = res["grid_tasks"] / (time.perf_counter() - t)
+        t = time.perf_counter()
+        res["grid_tasks"] = chain_grid(client, chains, length)
+        res["grid_tps"] = res["grid_tasks"] / (time.perf_counter() - t)
         res["grid_shape"] = f"{chains:,} x {length}"
         wait_idle(client)
+        if args.profile:
+            with profiled(client, os.path.join(args.profile, "scale_chain_grid.txt")):
+                chain_grid(client, chains, length)
+            wait_idle(client)
     return res
 
 
@@ -446,19 +450,20 @@ def part_workers(args, tmp):
             client.gather(client.map(noop, range(5_000)))          # warm-up
             wait_idle(client)
             rates, cpus = [], []
-            path = (os.path.join(args.profile, f"scale_workers_{w}.txt")
-                    if args.profile else None)
-            with profiled(client, path):
-                for _ in range(1 if args.quick else 3):
-                    c0, t = _cpu(sched.pid), time.perf_counter()
-                    out = client.gather(client.map(noop, range(n)))
-                    dt, cpu = time.perf_counter() - t, _cpu(sched.pid) - c0
-                    if len(out) != n:
-                        raise RuntimeError("lost tasks")
-                    del out
-                    rates.append(n / dt)
-                    cpus.append(cpu / n * 1e6)
-                    wait_idle(client)
+            for _ in range(1 if args.quick else 3):
+                c0, t = _cpu(sched.pid), time.perf_counter()
+                out = client.gather(client.map(noop, range(n)))
+                dt, cpu = time.perf_counter() - t, _cpu(sched.pid) - c0
+                if len(out) != n:
+                    raise RuntimeError("lost tasks")
+                del out
+                rates.append(n / dt)
+                cpus.append(cpu / n * 1e6)
+                wait_idle(client)
+            if args.profile:
+                with profiled(client, os.path.join(args.profile, f"scale_workers_{w}.txt")):
+                    client.gather(client.map(noop, range(min(n, 20_000))))
+                wait_idle(client)
             res[f"tps_{w}"] = statistics.median(rates)
             res[f"cpu_us_{w}"] = statistics.median(cpus)
             log(f"  {w} workers: {res[f'tps_{w}']:,.0f}/s, scheduler CPU "
