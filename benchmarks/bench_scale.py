@@ -21,8 +21,10 @@ Four parts, each printing its ratio against the target of issue 14 and PASS or M
   in-flight task is the growth of the scheduler process over N, measured two ways:
   Python's own allocations (``tracemalloc``, started in the scheduler process) and RSS.
   Then they finish (results held by the client: "held"), then are released; target:
-  memory back within 10 % of the start (tracemalloc; RSS is printed too, and also after
-  ``malloc_trim``, since a C allocator keeps freed pages).
+  memory back within 10 % of the start (RSS after ``malloc_trim``, since a C allocator
+  keeps freed pages; the Python objects still kept, by tracemalloc, are printed too).
+  The RSS cycle runs three times: memory kept after the first must be reused by the
+  others, not grow with each batch.
 * **graphs** -- a tree reduction (50,000 leaves + 49,999 ``add`` nodes = 99,999 tasks)
   and a grid of 1,000 chains x 100 ``inc`` steps (100,000 tasks), on ``LocalCluster(2,
   1)``: tasks/s from the first submit to the last result. No pool column: a pool has
@@ -335,6 +337,33 @@ def _mem_stop(mpnet_scheduler):
     tracemalloc.stop()
 
 
+def _memory_cycle(client, n, plug, top=None):
+    """N tasks queued behind two plugs, then run and held, then released: the
+    scheduler's memory at each step (and, with ``top``, its biggest allocation sites)."""
+    if os.path.exists(plug):
+        os.remove(plug)
+    blockers = [client.submit(block, plug, priority=10, pure=False) for _ in range(2)]
+    futures = client.map(noop, range(n))
+    deadline = time.monotonic() + 300
+    while client.run_on_scheduler(scheduler_tasks) < n + 2:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the tasks did not all reach the scheduler")
+        time.sleep(0.05)
+    queued = client.run_on_scheduler(_mem_now)
+    if top:
+        client.run_on_scheduler(_mem_top, os.path.abspath(top + "_queued.txt"))
+    open(plug, "w").close()
+    client.gather(blockers + futures)
+    held = client.run_on_scheduler(_mem_now)
+    del blockers, futures
+    wait_idle(client)
+    after = client.run_on_scheduler(_mem_now)
+    trimmed = client.run_on_scheduler(_mem_now, True)
+    if top:
+        client.run_on_scheduler(_mem_top, os.path.abspath(top + "_released.txt"))
+    return {"queued": queued, "held": held, "after": after, "trimmed": trimmed}
+
+
 def part_memory(args, tmp):
     n = 20_000 if args.quick else 100_000
     res = {"n": n}
@@ -346,38 +375,26 @@ def part_memory(args, tmp):
         # warm-up: every code path (and its caches) once, so the baseline holds them
         client.gather(client.map(noop, range(10_000)))
         wait_idle(client)
-        client.run_on_scheduler(_mem_start)
+        # RSS first, without tracemalloc (whose own records would count). Three cycles:
+        # the later ones show whether what the first kept is reused (the allocators'
+        # free lists) or grows with every batch (a leak).
         base = client.run_on_scheduler(_mem_now)
-        blockers = [client.submit(block, plug, priority=10, pure=False) for _ in range(2)]
-        futures = client.map(noop, range(n))
-        deadline = time.monotonic() + 300
-        while client.run_on_scheduler(scheduler_tasks) < n + 2:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the tasks did not all reach the scheduler")
-            time.sleep(0.05)
-        queued = client.run_on_scheduler(_mem_now)
-        if args.profile:
-            client.run_on_scheduler(_mem_top, os.path.abspath(
-                os.path.join(args.profile, "scale_memory_queued.txt")))
-        open(plug, "w").close()
-        client.gather(blockers + futures)
-        held = client.run_on_scheduler(_mem_now)
-        del blockers, futures
-        wait_idle(client)
-        after = client.run_on_scheduler(_mem_now)
-        trimmed = client.run_on_scheduler(_mem_now, True)
-        if args.profile:
-            client.run_on_scheduler(_mem_top, os.path.abspath(
-                os.path.join(args.profile, "scale_memory_released.txt")))
+        rss = [_memory_cycle(client, n, plug) for _ in range(3)]
+        # Then Python's own allocations, by tracemalloc started in the scheduler.
+        client.run_on_scheduler(_mem_start)
+        tbase = client.run_on_scheduler(_mem_now)
+        traced = _memory_cycle(client, n, plug, top=args.profile and os.path.join(
+            args.profile, "scale_memory"))
         client.run_on_scheduler(_mem_stop)
-    for k in ("traced", "rss"):
-        res[f"queued_{k}_per_task"] = (queued[k] - base[k]) / n
-        res[f"held_{k}_per_task"] = (held[k] - base[k]) / n
-        res[f"{k}_base"], res[f"{k}_after"] = base[k], after[k]
-    res["rss_trimmed"] = trimmed["rss"]
-    res["traced_back_ratio"] = after["traced"] / base["traced"] if base["traced"] else 0.0
-    res["rss_back_ratio"] = after["rss"] / base["rss"]
-    res["rss_trimmed_ratio"] = trimmed["rss"] / base["rss"]
+    for k, cycle, start in (("traced", traced, tbase), ("rss", rss[0], base)):
+        res[f"queued_{k}_per_task"] = (cycle["queued"][k] - start[k]) / n
+        res[f"held_{k}_per_task"] = (cycle["held"][k] - start[k]) / n
+        res[f"{k}_base"] = start[k]
+    res["traced_kept"] = traced["after"]["traced"] - tbase["traced"]
+    res["traced_kept_share"] = res["traced_kept"] / (traced["held"]["traced"] - tbase["traced"])
+    res["rss_after"] = [c["after"]["rss"] for c in rss]
+    res["rss_trimmed"] = [c["trimmed"]["rss"] for c in rss]
+    res["rss_trimmed_ratio"] = res["rss_trimmed"][0] / base["rss"]
     return res
 
 
@@ -502,15 +519,16 @@ def report(r):
               f"(tracemalloc), {m['queued_rss_per_task']:,.0f} B/task (RSS)")
         print(f"  finished, held by the client: {m['held_traced_per_task']:,.0f} B/task "
               f"(tracemalloc), {m['held_rss_per_task']:,.0f} B/task (RSS)")
-        print(f"  after release: tracemalloc {m['traced_after'] / 1e6:.2f} MB vs "
-              f"{m['traced_base'] / 1e6:.2f} MB at the start = {m['traced_back_ratio']:.2f}x "
-              f"(target <= {TARGET_MEMORY_BACK}): "
-              f"{verdict(m['traced_back_ratio'], TARGET_MEMORY_BACK, False)}")
-        print(f"  after release: RSS {m['rss_after'] / 1e6:.1f} MB vs {m['rss_base'] / 1e6:.1f}"
-              f" MB = {m['rss_back_ratio']:.2f}x; after malloc_trim "
-              f"{m['rss_trimmed'] / 1e6:.1f} MB = {m['rss_trimmed_ratio']:.2f}x "
-              f"(target <= {TARGET_MEMORY_BACK}): "
+        print(f"  after release, Python objects kept (tracemalloc): "
+              f"{m['traced_kept'] / 1e6:.2f} MB, {m['traced_kept_share']:.1%} of the growth")
+        a, t = m["rss_after"], m["rss_trimmed"]
+        print(f"  after release, RSS: {a[0] / 1e6:.1f} MB ({t[0] / 1e6:.1f} MB after "
+              f"malloc_trim) vs {m['rss_base'] / 1e6:.1f} MB at the start = "
+              f"{m['rss_trimmed_ratio']:.2f}x (target <= {TARGET_MEMORY_BACK}): "
               f"{verdict(m['rss_trimmed_ratio'], TARGET_MEMORY_BACK, False)}")
+        later = ", ".join(f"{x / 1e6:.1f} MB" for x in t[1:])
+        print(f"  RSS after malloc_trim after each further cycle of {m['n']:,}: {later}: "
+              f"{'reused, not grown' if t[-1] <= t[0] * 1.05 else 'GREW'}")
     if "graphs" in r:
         g = r["graphs"]
         print("\n== graphs: LocalCluster(2, 1) ==")
