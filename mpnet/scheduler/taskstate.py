@@ -23,7 +23,10 @@ _NONE: frozenset = frozenset()
 
 #: (kind, header) -> the one Payload kept for that function (see shared_function)
 _FUNCTIONS: dict[tuple, Payload] = {}
-_FUNCTIONS_MAX = 1024
+# At most 256 x 8 KiB = 2 MiB kept after their tasks are gone (a function that pickles
+# larger, a closure holding data, is rarely mapped a million times: kept per task).
+_FUNCTIONS_MAX = 256
+_FUNCTION_BYTES_MAX = 8192
 
 
 def shared_function(fn: Any) -> Any:
@@ -31,9 +34,9 @@ def shared_function(fn: Any) -> Any:
     its own identical bytes of ``f`` (a few hundred bytes when pickled by value, more
     than the rest of the task's record), and a million queued tasks would keep a million
     copies. Payloads are opaque and never changed once decoded, so equal bytes may be
-    one object. Only payloads without out-of-band buffers (small ones) are shared; the
-    table is bounded (cleared when full: the tasks keep their copies)."""
-    if type(fn) is not Payload or fn.buffers:
+    one object. Only small payloads (no out-of-band buffers, 8 KiB at most) are shared;
+    the table is bounded (cleared when full: the tasks keep their copies)."""
+    if type(fn) is not Payload or fn.buffers or len(fn.header) > _FUNCTION_BYTES_MAX:
         return fn
     key = (fn.kind, fn.header)
     kept = _FUNCTIONS.get(key)

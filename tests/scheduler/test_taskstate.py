@@ -36,6 +36,10 @@ def test_tasks_of_one_function_share_one_payload_and_still_send_it():
 def test_payloads_with_buffers_and_other_objects_are_kept_as_given():
     big = dumps(b"x" * (1 << 17))
     assert big.buffers and shared_function(big) is big
+    closure = dumps(list(range(5000)))          # no buffers, but too big to keep
+    again = dumps(list(range(5000)))
+    assert not closure.buffers and shared_function(closure) is closure
+    assert shared_function(again) is again
     assert shared_function("fn") == "fn" and shared_function(None) is None
 
 
