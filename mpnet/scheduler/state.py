@@ -385,16 +385,21 @@ class SchedulerState:
         return bool(ts.who_wants) or any(d.state in ACTIVE for d in ts.dependents)
 
     def maybe_forget(self, ts: TaskState) -> None:
+        if self._unneeded(ts):
+            self._forget(ts)
+
+    def _unneeded(self, ts: TaskState) -> bool:
+        """True when nothing needs ``ts`` any more: it should be forgotten. A task still
+        kept as a recipe for finished dependents has its data freed instead."""
         if ts.state == "forgotten" or self.needed(ts):
-            return
+            return False
         if ts.dependents and not ts.scattered:
             # Finished dependents may need this again if their data is lost: keep the
             # recipe, free the data.
             if ts.state == "memory":
                 self._release_data(ts)
-            return
-        if not ts.dependents:
-            self._forget(ts)
+            return False
+        return not ts.dependents
 
     def _release_data(self, ts: TaskState) -> None:
         self.to(ts, "released")
@@ -405,20 +410,26 @@ class SchedulerState:
         ts.who_has.clear()
 
     def _forget(self, ts: TaskState) -> None:
-        if ts.state == "forgotten":
-            return
-        self.to(ts, "forgotten")
-        self.tasks.pop(ts.key, None)
-        self._stop_on_worker(ts)
-        for ws in ts.who_has:
-            ws.has_what.discard(ts)
-            ws.nbytes -= ts.nbytes
-            self.send(ws, [Msg.FREE, [ts.key]])
-        ts.who_has.clear()
-        for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-            self.maybe_forget(dep)
-        ts.fn = ts.args = None
+        # A worklist, not recursion: releasing the end of a long chain forgets every
+        # link of it (a 100,000-task chain would overflow Python's stack).
+        stack = [ts]
+        while stack:
+            t = stack.pop()
+            if t.state == "forgotten":
+                continue
+            self.to(t, "forgotten")
+            self.tasks.pop(t.key, None)
+            self._stop_on_worker(t)
+            for ws in t.who_has:
+                ws.has_what.discard(t)
+                ws.nbytes -= t.nbytes
+                self.send(ws, [Msg.FREE, [t.key]])
+            t.who_has.clear()
+            for dep in t.dependencies:
+                dep.dependents.discard(t)
+                if self._unneeded(dep):
+                    stack.append(dep)
+            t.fn = t.args = None
 
     def _stop_on_worker(self, ts: TaskState) -> None:
         """Take ``ts`` off its worker, which may be running it: a running thread cannot

@@ -958,3 +958,21 @@ def test_resubmitting_a_released_key_recomputes_it():
     assert computes(out) == [("w1", "x")]
     out = finish(state, "x", payload="again")
     assert messages(out, Msg.TASK_DONE, c) == [[Msg.TASK_DONE, "x", "again", "w1", 1]]
+
+
+def test_releasing_the_end_of_a_long_chain_forgets_every_link():
+    """Forgetting walks a worklist: a 5,000-task chain once overflowed the stack."""
+    from mpnet.config import make_config
+    from mpnet.scheduler.state import SchedulerState
+    s = SchedulerState(make_config())
+    ws = s.add_worker("tcp://w:1", nthreads=1)
+    cs = s.add_client("c")
+    n = 5000
+    for i in range(n):
+        s.submit(cs, f"k{i}", "fn", "args", [f"k{i - 1}"] if i else [])
+        s.task_finished(ws, f"k{i}", None, 1)
+        if i:
+            s.release(cs, [f"k{i - 1}"])
+    s.take_outbox()
+    s.release(cs, [f"k{n - 1}"])
+    assert len(s.tasks) == 0
