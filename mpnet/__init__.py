@@ -23,7 +23,7 @@ from .nanny.nanny import Nanny
 from .plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
 from .scheduler.server import Scheduler
 from .worker.actors import get_actor_context
-from .worker.context import get_client, get_worker
+from .context import get_client, get_worker
 from .worker.worker import Worker
 
 

@@ -182,7 +182,7 @@ def test_actor_calling_another_actor(aclient):
 def test_tasks_can_create_actors(aclient):
     assert aclient.submit(make_actor_in_task, 41).result(timeout=20) == 42
     # the worker keeps that client for later tasks; close it so the test leaves no socket
-    aclient.run(lambda mpnet_worker: mpnet_worker._client and mpnet_worker._client.close())
+    aclient.run(lambda mpnet_worker: mpnet_worker.clients.close_client())
 
 
 def test_async_actor_overlaps_its_calls(aclient):

@@ -316,7 +316,7 @@ class ActorHandle:
             if self._via is not None:
                 self._caller = self._via.actor_caller
             else:
-                from ..worker.context import current_caller
+                from ..context import current_caller
                 self._caller = current_caller()
         return self._caller
 
@@ -338,7 +338,7 @@ class ActorHandle:
     def kill(self) -> None:
         """Stop the actor now (its resources are freed; later calls fail)."""
         if self._via is None:
-            from ..worker.context import current_client
+            from ..context import current_client
             current_client().kill_actor(self)
         else:
             self._via.kill_actor(self)

@@ -37,7 +37,7 @@ from ..comm.protocol import Msg
 from ..comm.serialize import Payload, dumps, dumps_task_args
 from ..config import Config, make_config, tune_gc
 from ..errors import FrameTooLargeError, WorkerLostError
-from ..worker import context
+from .. import context
 from .actor_api import ActorMixin
 from .fetch import Fetcher
 from .keys import FunctionCache, check_key, task_options, track_for_exit, untrack

@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, decode_args, dumps, dumps_exception, encode_value, loads
 from ..errors import ActorDiedError
-from .context import set_thread_worker
+from ..context import set_thread_worker
 
 if TYPE_CHECKING:
     from ..comm.connection import Connection
-    from .worker import Worker
 
 __all__ = ["ActorHost", "ActorContext", "get_actor_context"]
 
@@ -53,12 +52,13 @@ class ActorContext:
         self._host, self.key, self.name, self.restarted = host, key, name, restarted
 
     @property
-    def worker(self) -> "Worker":
-        return self._host.worker
+    def worker(self) -> Any:
+        """The :class:`~mpnet.Worker` hosting this actor."""
+        return self._host.owner
 
     def checkpoint(self, state: Any) -> None:
         payload = dumps(state, what="actor checkpoint")
-        self._host.worker.loop.call_soon_threadsafe(
+        self._host.loop.call_soon_threadsafe(
             self._host.send_scheduler, [Msg.ACTOR_CHECKPOINT, self.key, payload])
 
 
@@ -116,11 +116,11 @@ class _Hosted:
         try:
             self._serve_mailbox()
         finally:       # the scheduler frees a killed actor's resources only now
-            self.host.worker.loop.call_soon_threadsafe(self.host.thread_ended, self)
+            self.host.loop.call_soon_threadsafe(self.host.thread_ended, self)
 
     def _serve_mailbox(self) -> None:
         _local.actor = self.context
-        set_thread_worker(self.host.worker)   # handles used by the actor call from here
+        set_thread_worker(self.host.owner)    # handles used by the actor call from here
         if self.threads[0] is threading.current_thread():
             if self.is_async:
                 self._run_async()
@@ -227,16 +227,36 @@ def _answer(pending: dict, token: tuple, msg: list) -> None:
 
 
 class ActorHost:
-    """The actors living in one worker. Loop-thread methods unless noted."""
+    """The actors living in one worker. Loop-thread methods unless noted.
 
-    def __init__(self, worker: "Worker"):
-        self.worker = worker
+    ``owner`` is what ``get_worker()`` returns in an actor's methods; ``send_scheduler``
+    reaches the scheduler; ``address()`` names the worker in error messages.
+    """
+
+    def __init__(self, owner: Any, loop: Any, send_scheduler: Callable[[list], None],
+                 address: Callable[[], str]):
+        self.owner, self.loop = owner, loop
+        self.send_scheduler = send_scheduler
+        self._address = address
         self.actors: dict[str, _Hosted] = {}
+        self.calls: dict[str, int] = {}         # actor key → calls received (heartbeat)
         self._dropped: list[_Hosted] = []      # stopped, their threads joined at close
 
-    def send_scheduler(self, msg: list) -> None:
-        if self.worker.scheduler is not None:
-            self.worker.scheduler.send(msg)
+    def handlers(self) -> dict:
+        """The messages this component answers."""
+        return {Msg.HOST_ACTOR: self._host_msg, Msg.DROP_ACTOR: self._drop_msg,
+                Msg.ACTOR_CALL: self.call}
+
+    def _host_msg(self, conn: "Connection", *args: Any) -> None:
+        self.host(*args)
+
+    def _drop_msg(self, conn: "Connection", key: str, reason: str) -> None:
+        self.drop(key, reason)
+
+    def statistics(self) -> dict:
+        """For `mpnet top`: calls so far and calls waiting, per actor."""
+        return {key: [self.calls.get(key, 0), a.mailbox.qsize()]
+                for key, a in self.actors.items()}
 
     def host(self, key: str, name: str | None, cls: Payload, args: Payload, options: dict,
              restarted: int, checkpoint: Any) -> None:
@@ -265,16 +285,17 @@ class ActorHost:
                 if hosted is not None:
                     hosted.stop()
                 self.send_scheduler([Msg.ACTOR_FAILED, key, exc, tb])
-        self.worker.loop.call_soon_threadsafe(report)
+        self.loop.call_soon_threadsafe(report)
 
     def call(self, conn: "Connection", call_id: int, key: str, method: str, args: Any,
              kwargs: Any, kind: str) -> None:
+        self.calls[key] = self.calls.get(key, 0) + 1
         hosted = self.actors.get(key)
         if hosted is None:
             conn.send([Msg.ACTOR_RESULT, call_id, False, None,
-                       f"actor {key} does not live on {self.worker.address} (any more)"])
+                       f"actor {key} does not live on {self._address()} (any more)"])
             return
-        loop, answer, pending, token = self.worker.loop, _answer, hosted.pending, (conn, call_id)
+        loop, answer, pending, token = self.loop, _answer, hosted.pending, (conn, call_id)
         pending[token] = True
 
         def reply(ok: bool, value: Any, tb: str) -> None:

@@ -1,16 +1,20 @@
 """Moving data in and out of a worker: inputs fetched from peers, results served to
 peers and clients, scattered data stored, copies taken from retiring workers.
 
-Mixed into :class:`~.worker.Worker`; loop thread only. Inputs a task needs that live
-elsewhere are fetched with one GET_DATA per holder; a fetched input is kept while local
-tasks use it ("borrowed") and dropped after, unless the scheduler placed it here.
+A component of :class:`~.worker.Worker`; loop thread only. Inputs a task needs that
+live elsewhere are fetched with one GET_DATA per holder; a fetched input is kept while
+local tasks use it ("borrowed") and dropped after, unless the scheduler placed it here.
+
+What it needs from around it, and nothing more: the worker's ``address``, its link to
+the scheduler and its peer dispatcher (``home``), and the task table (``runner``:
+tasks waiting for inputs, run once the inputs are here).
 """
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..comm import shm
 from ..comm.connection import Connection
@@ -24,22 +28,61 @@ log = logging.getLogger("mpnet.worker")
 
 
 class Transfer:
-    if TYPE_CHECKING:
-        from .store import DataStore
-        store: DataStore
-        tasks: dict
-        loop: Any
-        config: Any
-        token: str | None
-        address: str
-        scheduler: Any
-        _owned: set
-        _borrowed: dict
-        _fetching: dict
-        from ..comm.pool import Pool
-        _peers: Pool
-        _dispatch_peer: Any
-        _release_inputs: Any
+    """Data in and out of one worker (see the module docstring)."""
+
+    def __init__(self, home: Any, runner: Any, *, loop: Any, config: Any,
+                 token: str | None):
+        self._home, self._runner = home, runner
+        self.loop, self.config, self.token = loop, config, token
+        self.store = runner.store
+        self._fetching: dict[str, list[str]] = {}     # input being fetched → its tasks
+        self._peers: Any = None         # the worker's Pool, given by open()
+
+    def handlers(self) -> dict:
+        """The scheduler's and peers' messages this component answers."""
+        return {Msg.FREE: self._free, Msg.STORE: self._store, Msg.GET_DATA: self._get_data,
+                Msg.ACQUIRE: self._acquire}
+
+    # What the methods below read from the worker and its task table.
+    address = property(lambda self: self._home.address)
+    scheduler = property(lambda self: self._home.scheduler)
+    _dispatch_peer = property(lambda self: self._home._dispatch_peer)
+    tasks = property(lambda self: self._runner.tasks)
+    _owned = property(lambda self: self._runner.owned)
+    _borrowed = property(lambda self: self._runner.borrowed)
+    _stopped = property(lambda self: self._runner.stopped)
+    _run_task = property(lambda self: self._runner.run)
+    _release_inputs = property(lambda self: self._runner.release_inputs)
+    _ended_freed = property(lambda self: self._runner.ended_freed)
+
+    def fetch_inputs(self, task: Any, who_has: list) -> None:
+        """Borrow the inputs held here, fetch the others (one request per holder)."""
+        by_holder: dict[str, list[str]] = {}
+        for dep, holders in who_has:
+            if dep in self.store:
+                self._borrowed[dep] = self._borrowed.get(dep, 0) + 1
+                continue
+            task.missing.add(dep)
+            waiting = self._fetching.get(dep)
+            if waiting is not None:
+                waiting.append(task.key)
+                continue
+            self._fetching[dep] = [task.key]
+            if not holders:
+                self._fetch_failed([dep], "(nobody)")
+                continue
+            by_holder.setdefault(holders[0], []).append(dep)
+        for holder, deps in by_holder.items():
+            self._fetch(holder, deps)
+
+    def open(self, pool: Any) -> None:
+        """Connections to peers come from ``pool`` (a :class:`~mpnet.comm.pool.Pool`)."""
+        self._peers = pool
+
+    def close(self) -> None:
+        """Loop thread: close the connections to peers."""
+        if self._peers is not None:
+            self._peers.close()
 
     def _fetch(self, holder: str, keys: list[str]) -> None:
         peer = self._peer(holder)

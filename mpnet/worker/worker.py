@@ -1,18 +1,25 @@
-"""A worker: runs tasks on ``nthreads`` threads, keeps results, serves them to peers.
+"""A worker: the server around its parts, and its lifecycle.
 
 ::
 
-    scheduler ──COMPUTE──► loop thread ──(inputs here?)──► executor threads ── run ──┐
-                              │  no: GET_DATA to the peer that holds them            │
-    peers, clients ◄─GET_DATA─┤                                                      │
-    scheduler ◄─TASK_FINISHED (result inline when small) ◄── call_soon_threadsafe ───┘
+    scheduler ──COMPUTE──► loop thread ──► TaskRunner ──(inputs here?)──► executor threads
+                              │              │ no: Transfer fetches them (GET_DATA)   │
+    peers, clients ◄─GET_DATA─┤ Transfer     │                                         │
+    scheduler ◄─TASK_FINISHED (result inline when small) ◄── call_soon_threadsafe ────┘
+    callers ◄──ACTOR_RESULT── ActorHost (one mailbox and thread(s) per actor)
 
-The loop thread owns every socket; executor threads only unpickle, run and pickle.
+The loop thread owns every socket; executor and actor threads only unpickle, run and
+pickle. This module wires the parts (tasks.TaskRunner, transfer.Transfer,
+actors.ActorHost) to the sockets: it starts and stops them, routes each message to the
+part that answers it, and keeps the link to the scheduler (register, heartbeat,
+reconnect). The parts reach the worker only through what they are given.
+
+Threads (docs/design.md, "Threads"): the loop (unless it shares one), the executor's,
+each actor's, one per RUN request (runs.py); :meth:`Worker.close` joins them all.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import random
@@ -25,7 +32,7 @@ import psutil
 
 from ..comm import shm
 from ..comm.addressing import address_scheme, advertised_host, parse_address
-from ..comm.auth import resolve_server_token, token_arg
+from ..comm.auth import resolve_server_token
 from ..comm.connection import Connection
 from ..comm.endpoints import Listener, listen_on_any
 from ..comm.eventloop import EventLoop
@@ -33,55 +40,43 @@ from ..comm.link import Link
 from ..comm.pool import Pool
 from ..comm.dispatch import Dispatcher
 from ..comm.protocol import Msg
-from ..comm.serialize import Payload, dumps, dumps_exception, loads, loads_task_args
+from ..comm.serialize import Payload, loads
 from ..config import Config, make_config
 from ..diagnostics import logring
-from ..errors import ClusterClosedError, FrameTooLargeError
+from ..errors import ClusterClosedError
+from ..lifecycle import Lifecycle, Status
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import get_versions
-from . import context
 from .actors import ActorHost
+from .clients import TaskClients
 from .executor import Executor
 from .running import RunningSlots
+from .runs import RunRequests
 from .store import DataStore
+from .tasks import TaskRunner
 from .transfer import Transfer
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "WORKER_MOVES"]
 
 log = logging.getLogger("mpnet.worker")
 
-_FN_CACHE_SIZE = 512
+S = Status
+
+#: A worker starts once; it may lose its scheduler and find it again; it closes from
+#: any state (FAILED: start() raised, and close() frees what it made).
+WORKER_MOVES = {
+    S.CREATED: {S.STARTING, S.CLOSING, S.CLOSED},
+    S.STARTING: {S.RUNNING, S.FAILED, S.CLOSING},
+    S.RUNNING: {S.RECONNECTING, S.CLOSING},
+    S.RECONNECTING: {S.RUNNING, S.CLOSING},
+    S.FAILED: {S.CLOSING, S.CLOSED},
+    S.CLOSING: {S.CLOSED},
+    S.CLOSED: set(),
+}
 
 
-class _Task:
-    __slots__ = ("key", "fn", "args", "deps", "priority", "missing", "gate", "stopped",
-                 "claimed")
-
-    def __init__(self, key: str, fn: Payload, args: Payload, deps: list[str], priority: list):
-        self.key, self.fn, self.args, self.deps = key, fn, args, deps
-        self.priority = priority
-        self.missing: set[str] = set()
-        # Whoever pops the one item first decides: the executor thread (it starts) or
-        # the loop thread (it never will). list.pop is atomic: no lock on the hot path.
-        self.gate = [True]
-        self.stopped = False       # the loop thread took the gate
-        # Handed to a free thread: it starts now, as in a stdlib pool, where a free
-        # thread takes new work at once (the thread may not have popped the gate yet).
-        self.claimed = False
-
-    def stop(self) -> bool:
-        """Loop thread: True if the task has not started and now never will."""
-        if not self.stopped:
-            try:
-                self.gate.pop()
-            except IndexError:     # an executor thread runs it (or ran it)
-                return False
-            self.stopped = True
-        return True
-
-
-class Worker(Transfer):
+class Worker:
     """``Worker('tcp://host:8786', nthreads=2).start()`` returns once registered.
 
     ``host=None`` listens on loopback when the scheduler is on loopback, otherwise on
@@ -136,60 +131,58 @@ class Worker(Transfer):
         self._own_loop = loop is None
         self.loop = loop or EventLoop("mpnet-worker-loop")
         self.store = DataStore(self.config.oob_threshold, shm.local_threshold(self.config))
-        self.tasks: dict[str, _Task] = {}
         self.executor = Executor(self.nthreads, running=RunningSlots(running, self.nthreads)
                                  if running is not None else None)
         self.address = ""
         self.listener: Listener | None = None
         self.scheduler: Link | None = None
-        self._owned: set[str] = set()          # keys the scheduler placed here
-        self._borrowed: dict[str, int] = {}     # fetched inputs → tasks still using them
-        self._fetching: dict[str, list[str]] = {}
-        self._peers: Pool | None = None         # made in start(), once we have an address
-        self._functions: dict[bytes, Any] = {}
-        self._run_threads: set[threading.Thread] = set()
+        self._stopped = threading.Event()       # the loop side has shut down
+        self._closed = threading.Event()        # everything is joined and freed
+        self.runner = TaskRunner(self, self.loop, self.config, self.store, self.executor,
+                                 self._send_scheduler, self.plugins, self._stopped)
+        self.transfer = Transfer(self, self.runner, loop=self.loop, config=self.config,
+                                 token=self.token)
+        self.actor_host = ActorHost(self, self.loop, self._send_scheduler,
+                                    lambda: self.address)
+        # The same tables as the parts' (the reconnect path clears them all).
+        self.tasks = self.runner.tasks
+        self._owned, self._borrowed = self.runner.owned, self.runner.borrowed
+        self._fetching = self.transfer._fetching
+        self.runs = RunRequests(self, self.loop)
         self._heartbeat_timer = None
         self._retiring_for_lifetime = False
         self._stop_reason = ""
-        self._status = "created"
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()       # the loop side has shut down
-        self._closed = threading.Event()        # everything is joined and freed
+        self._life = Lifecycle("worker", WORKER_MOVES)
+        self._lock = threading.Lock()          # guards the flags below, never held long
+        self._torn_down = False                 # preloads and plugins torn down
+        self._joining = False                   # one close() joins the threads
         self._process = psutil.Process()
         self._handlers = Dispatcher("worker", {
             Msg.COMPUTE: self._compute,
-            Msg.FREE: self._free,
-            Msg.STORE: self._store,
-            Msg.RUN: self._run,
             Msg.CLOSE_WORKER: self._close_requested,
-            Msg.GET_DATA: self._get_data,
             Msg.PLUGIN: self._plugin,
             Msg.PLUGIN_INSTALL: self._plugin_install,
-            Msg.ACQUIRE: self._acquire,
-            Msg.TRY_CANCEL: self._try_cancel,
-            Msg.HOST_ACTOR: lambda conn, *a: self.actor_host.host(*a),
-            Msg.DROP_ACTOR: lambda conn, key, reason: self.actor_host.drop(key, reason),
-            Msg.ACTOR_CALL: self.actor_host_call,
-            Msg.LOGS: lambda conn, req_id, n: conn.reply(req_id, True, logring.lines(n)),
+            Msg.TRY_CANCEL: self.runner.try_cancel,
+            Msg.LOGS: self._logs,
+            **self.transfer.handlers(),
+            **self.actor_host.handlers(),
+            **self.runs.handlers(),
         })
         # Peers (other workers, clients, actor callers) reach us through the listener, and
         # answer on our own fetch connections: there only what a peer may ask is served.
         # Orders (COMPUTE, FREE, CLOSE_WORKER, PLUGIN...) come on self.scheduler alone.
         self._peer_handlers = Dispatcher("worker (from a peer)", {
-            Msg.GET_DATA: self._get_data,
-            Msg.ACTOR_CALL: self.actor_host_call,
+            Msg.GET_DATA: self.transfer._get_data,
+            Msg.ACTOR_CALL: self.actor_host.call,
         })
-        self.actor_host = ActorHost(self)
-        self._actor_caller: Any = None
-        self.actor_calls: dict[str, int] = {}     # actor key → calls received (heartbeat)
-        self._client: Any = None
+        self.clients = TaskClients(scheduler_address, self.token, self.loop, self.config,
+                                   request=lambda *msg: self.scheduler.request(*msg),
+                                   address=lambda: self.address)
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> "Worker":
-        with self._lock:
-            if self._status != "created":
-                raise ClusterClosedError(f"this Worker is {self._status}; create a new one")
-            self._status = "starting"
+        if not self._life.move(S.STARTING, only_from=(S.CREATED,)):
+            raise ClusterClosedError(f"this Worker is {self.status}; create a new one")
         logring.install()      # its recent lines answer `mpnet logs`
         self.loop.start()
         self.executor.start()   # the scheduler may send work as soon as we register
@@ -208,10 +201,10 @@ class Worker(Transfer):
                 preload.setup(self)
             for plugin in self.plugins.values():
                 self._setup_plugin(plugin)
-            self._peers = Pool(self.loop, config=self.config, token=self.token,
-                               role="worker",
-                               info={"address": self.address, **shm.advertise(self.config)},
-                               handler=self._dispatch_peer)
+            self.transfer.open(Pool(self.loop, config=self.config, token=self.token,
+                                    role="worker",
+                                    info={"address": self.address, **shm.advertise(self.config)},
+                                    handler=self._dispatch_peer))
             self.scheduler = Link(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
                 role="worker", info={"address": self.address}, handler=self._dispatch,
@@ -220,10 +213,11 @@ class Worker(Transfer):
                 on_gave_up=self._scheduler_gone)
             self.scheduler.open()
         except BaseException:
-            self._status = "running"   # so close() frees what start() made
-            self.close()
+            self._life.move(S.FAILED, only_from=(S.STARTING,))
+            self.close()        # frees what start() made; wait_closed() returns
             raise
-        self._status = "running"
+        if not self._life.move(S.RUNNING, only_from=(S.STARTING,)):
+            return self          # closed while starting: close() frees the rest
         self.loop.call_soon_threadsafe(self._heartbeat)
         if self.memory_limit:
             self.loop.call_soon_threadsafe(self._watch_memory)
@@ -246,8 +240,18 @@ class Worker(Transfer):
         self.close()
 
     @property
-    def status(self) -> str:
-        return self._status
+    def status(self) -> Status:
+        return self._life.state
+
+    # The link's callbacks below read and set the status as a plain word; a set goes
+    # through the table, and loses quietly to a close() that came first.
+    @property
+    def _status(self) -> Status:
+        return self._life.state
+
+    @_status.setter
+    def _status(self, value: str) -> None:
+        self._life.move(Status(value), only_from=(S.STARTING, S.RUNNING, S.RECONNECTING))
 
     def close(self, timeout: float | None = None, *, wait_for_tasks: bool = True) -> None:
         """Leave the scheduler, stop the executor, free sockets and threads. Idempotent;
@@ -257,26 +261,36 @@ class Worker(Transfer):
         (their results are dropped anyway): a worker process about to exit uses it.
         """
         timeout = self.config.close_timeout if timeout is None else timeout
+        if self._life.move(S.CLOSED, only_from=(S.CREATED,)):
+            self._stopped.set()
+            self._closed.set()
+            return
+        self._life.move(S.CLOSING, only_from=(S.STARTING, S.RUNNING, S.RECONNECTING,
+                                              S.FAILED))
         with self._lock:
-            if self._status in ("closed", "created"):
-                self._status = "closed"
-                self._closed.set()
-                return
-            first = self._status != "closing"
-            self._status = "closing"
+            first, self._torn_down = not self._torn_down, True
         if first:
             for preload in self.preloads:
                 preload.teardown(self)
             call_hook(self.plugins, "teardown", self)
-            if self._client is not None:
-                self._client.close()
-        if first and not self._stopped.is_set():
+            self.clients.close_client()
+        if not self._stopped.is_set():
             try:
                 self.loop.run_sync(self._shutdown_on_loop, timeout=timeout)
             except Exception as e:
                 log.warning("worker %s: shutdown on its loop failed: %s", self.address, e)
         if self.loop.in_loop_thread():
             return                       # a later close() from another thread joins
+        with self._lock:
+            joiner, self._joining = not self._joining, True
+        if not joiner:                   # another thread joins: wait for it, bounded
+            self._closed.wait(timeout)
+            return
+        self._join(timeout, wait_for_tasks)
+        self._life.move(S.CLOSED)
+        self._closed.set()
+
+    def _join(self, timeout: float, wait_for_tasks: bool) -> None:
         deadline = time.monotonic() + timeout
         stuck = self.executor.close(timeout=max(0.1, deadline - time.monotonic())
                                     if wait_for_tasks else 0.05)
@@ -284,12 +298,9 @@ class Worker(Transfer):
                               else 0.05)
         if stuck:
             log.warning("worker %s: tasks still running in %s at close", self.address, stuck)
-        for t in list(self._run_threads):
-            t.join(max(0.1, deadline - time.monotonic()))
+        self.runs.join(deadline)
         if self._own_loop:
             self.loop.close(max(0.1, deadline - time.monotonic()))
-        self._status = "closed"
-        self._closed.set()
 
     def _shutdown_on_loop(self) -> None:
         """Close every socket (loop thread). Safe to call more than once."""
@@ -298,10 +309,8 @@ class Worker(Transfer):
         self._stopped.set()
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.cancel()
-        if self._peers is not None:
-            self._peers.close()
-        if self._actor_caller is not None:
-            self._actor_caller.close()
+        self.transfer.close()
+        self.clients.close_on_loop()
         if self.scheduler is not None:
             self.scheduler.close(farewell=[Msg.GOODBYE, self._stop_reason or "closed"])
         if self.listener is not None:
@@ -315,8 +324,7 @@ class Worker(Transfer):
 
     def stop_serving(self, reason: str) -> None:
         """Loop thread: stop taking work and close every socket (``close()`` then joins)."""
-        if self._status in ("running", "starting", "reconnecting"):
-            self._status = "closing"
+        self._life.move(S.CLOSING, only_from=(S.RUNNING, S.STARTING, S.RECONNECTING))
         log.info("worker %s stopping: %s", self.address, reason)
         self._stop_reason = reason
         self._shutdown_on_loop()
@@ -395,165 +403,37 @@ class Worker(Transfer):
     def _dispatch_peer(self, conn: Connection, msg: list) -> None:
         self._peer_handlers(conn, msg)
 
+    def _send_scheduler(self, msg: list) -> None:
+        if self.scheduler is not None:
+            self.scheduler.send(msg)
+
+    def _logs(self, conn: Connection, req_id: int, n: int) -> None:
+        conn.reply(req_id, True, logring.lines(n))
+
     # --- computing -----------------------------------------------------------------
     def _compute(self, conn: Connection, key: str, fn: Payload, args: Payload,
                  who_has: list, priority: list) -> None:
-        if key in self.tasks or self._stopped.is_set():
+        task = self.runner.accept(key, fn, args, who_has, priority)
+        if task is None:
             return
-        task = self.tasks[key] = _Task(key, fn, args, [dep for dep, _ in who_has], priority)
-        self._transition(key, "released", "waiting")
-        by_holder: dict[str, list[str]] = {}
-        for dep, holders in who_has:
-            if dep in self.store:
-                self._borrowed[dep] = self._borrowed.get(dep, 0) + 1
-                continue
-            task.missing.add(dep)
-            waiting = self._fetching.get(dep)
-            if waiting is not None:
-                waiting.append(key)
-                continue
-            self._fetching[dep] = [key]
-            if not holders:
-                self._fetch_failed([dep], "(nobody)")
-                continue
-            by_holder.setdefault(holders[0], []).append(dep)
-        for holder, deps in by_holder.items():
-            self._fetch(holder, deps)
+        self.transfer.fetch_inputs(task, who_has)
         if not task.missing and key in self.tasks:
-            self._run_task(task)
+            self.runner.run(task)
 
-    def _run_task(self, task: _Task) -> None:
-        self._transition(task.key, "waiting", "ready")
-        task.claimed = self.executor.submit(lambda: self._execute(task), task.priority,
-                                            task.key)
-
-    def _function(self, fn: Payload) -> Any:
-        func = self._functions.get(fn.header)
-        if func is None:
-            func = loads(fn, what="function")
-            if len(self._functions) >= _FN_CACHE_SIZE:
-                self._functions.clear()
-            self._functions[fn.header] = func
-        return func
-
-    def _execute(self, task: _Task) -> None:
-        """Executor thread: unpickle, run, pickle; hand the outcome to the loop."""
-        if self.tasks.get(task.key) is not task or self._stopped.is_set():
-            return
-        try:
-            task.gate.pop()
-        except IndexError:         # cancelled before it started
-            return
-        context.set_thread_worker(self)
-        try:
-            func = self._function(task.fn)
-            args, kwargs = loads_task_args(task.args, {d: self.store.value(d) for d in task.deps})
-            value = func(*args, **kwargs)
-            payload = self.store.share(dumps(value, oob_threshold=self.config.oob_threshold,
-                                             what=f"result of {task.key}"))
-            if payload.nbytes > self.config.max_frame_bytes:
-                # It could never leave this worker (for a client, a dependent elsewhere,
-                # a retirement): fail now, clearly, rather than hang the fetch later.
-                nbytes, value, payload = payload.nbytes, None, None
-                raise FrameTooLargeError.for_size(f"the result of {task.key}", nbytes,
-                                                  self.config.max_frame_bytes)
-        except BaseException as e:   # the task's own failure, reported to its caller
-            exc, tb = dumps_exception(e, oob_threshold=self.config.oob_threshold)
-            self.loop.call_soon_threadsafe(self._failed, task, exc, tb)
-            return
-        self.loop.call_soon_threadsafe(self._finished, task, value, payload)
-
-    def _release_inputs(self, task: _Task) -> None:
-        for dep in task.deps:
-            n = self._borrowed.get(dep, 0) - 1
-            if n > 0:
-                self._borrowed[dep] = n
-                continue
-            self._borrowed.pop(dep, None)
-            if dep not in self._owned:
-                self.store.pop(dep)
-
-    def _finished(self, task: _Task, value: Any, payload: Payload) -> None:
-        if self.tasks.get(task.key) is not task:
-            self._ended_freed(task)
-            return
-        del self.tasks[task.key]
-        self._release_inputs(task)
-        self.store.put(task.key, value, payload)
-        self._owned.add(task.key)
-        nbytes = payload.nbytes
-        inline = payload if nbytes <= self.config.inline_result_bytes else None
-        self.scheduler.send([Msg.TASK_FINISHED, task.key, inline, nbytes])
-        self._transition(task.key, "ready", "memory")
-
-    def _failed(self, task: _Task, exc: Payload, tb: str) -> None:
-        if self.tasks.get(task.key) is not task:
-            self._ended_freed(task)
-            return
-        del self.tasks[task.key]
-        self._release_inputs(task)
-        self.scheduler.send([Msg.TASK_FAILED, task.key, exc, tb])
-        self._transition(task.key, "ready", "error")
-
-    def _ended_freed(self, task: _Task) -> None:
-        """A task the scheduler freed while it ran has ended: its thread is free."""
-        if self.scheduler is not None and not self._stopped.is_set():
-            self.scheduler.send([Msg.TASK_RELEASED, task.key])
-
-    def _try_cancel(self, conn: Connection, req_id: int, keys: list) -> None:
-        """Which of ``keys`` had not started (and now never will)."""
-        stopped = []
-        for key in keys:
-            task = self.tasks.get(key)
-            # (a task a free thread was handed has started, for Future.cancel)
-            if task is not None and not task.claimed and task.stop():
-                stopped.append(key)
-        conn.reply(req_id, True, stopped)
-
-    # --- run -----------------------------------------------------------------------
-    def _run(self, conn: Connection, req_id: int, fn: Payload) -> None:
-        def call() -> None:
-            try:
-                func = loads(fn, what="function")
-                kwargs = {}
-                params = inspect.signature(func).parameters
-                for name in ("mpnet_worker", "dask_worker"):
-                    if name in params:
-                        kwargs[name] = self
-                result = [True, dumps(func(**kwargs), what="result"), ""]
-            except BaseException as e:   # the user's function: its error goes back
-                payload, tb = dumps_exception(e)
-                result = [False, payload, tb]
-            self.loop.call_soon_threadsafe(conn.reply, req_id, True, result)
-            self._run_threads.discard(threading.current_thread())
-        t = threading.Thread(target=call, name="mpnet-worker-run", daemon=True)
-        self._run_threads.add(t)
-        t.start()
-
-    # --- actors ----------------------------------------------------------------------
-    def actor_host_call(self, conn: Connection, call_id: int, key: str, method: str,
-                        args: Any, kwargs: Any, kind: str) -> None:
-        self.actor_calls[key] = self.actor_calls.get(key, 0) + 1
-        self.actor_host.call(conn, call_id, key, method, args, kwargs, kind)
+    # --- clients and actor handles in tasks ------------------------------------------
+    @property
+    def actor_calls(self) -> dict[str, int]:
+        """Actor key → calls received here (sent with each heartbeat)."""
+        return self.actor_host.calls
 
     def actor_caller(self) -> Any:
         """The caller that tasks and actors here use for actor handles (made on use)."""
-        if self._actor_caller is None:
-            from ..client.actors import ActorCaller
-            self._actor_caller = ActorCaller(
-                self.loop, self.config, self.token,
-                request=lambda *msg: self.scheduler.request(*msg),
-                info={"address": self.address})
-        return self._actor_caller
+        return self.clients.actor_caller()
 
     def get_client(self) -> Any:
-        """A Client on this worker's cluster, for tasks that submit work or make actors."""
-        with self._lock:
-            if self._client is None or self._client.status == "closed":
-                from ..client.client import Client
-                self._client = Client(self.scheduler_address, token=token_arg(self.token),
-                                      config=self.config, default=False)
-            return self._client
+        """A Client on this worker's cluster, for tasks that submit work or make actors
+        (made on first use, on this worker's loop)."""
+        return self.clients.client()
 
     # --- plugins -------------------------------------------------------------------
     def _setup_plugin(self, plugin: Any) -> None:
@@ -578,10 +458,6 @@ class Worker(Transfer):
                         payload: Payload) -> None:
         conn.reply(req_id, True, self._plugin(conn, name, payload))
 
-    def _transition(self, key: str, start: str, finish: str) -> None:
-        if self.plugins:
-            call_hook(self.plugins, "transition", key, start, finish)
-
     # --- heartbeat -----------------------------------------------------------------
     def _heartbeat(self) -> None:
         if self._heartbeat_timer is not None:
@@ -602,12 +478,9 @@ class Worker(Transfer):
                    "executing": self.executor.executing,
                    "ready": len(self.tasks), "stored": len(self.store),
                    "nbytes": self.store.nbytes, "time": time.time()}
-        hosted = self.actor_host.actors
-        if hosted:     # for `mpnet top`: calls so far and calls waiting, per actor
-            metrics["actors"] = {key: [self.actor_calls.get(key, 0), a.mailbox.qsize()]
-                                 for key, a in hosted.items()}
+        if self.actor_host.actors:     # for `mpnet top`
+            metrics["actors"] = self.actor_host.statistics()
         return metrics
 
     def __repr__(self) -> str:
-        return f"<Worker {self.address or '(not started)'} {self._status}>"
-
+        return f"<Worker {self.address or '(not started)'} {self.status}>"

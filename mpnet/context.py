@@ -4,19 +4,41 @@ Handles and ``get_client()`` used inside tasks and actors need the worker they r
 (for its token, its loop and its connections); code in a user's script needs the
 client it made. Executor and actor threads record their worker in a thread-local; a
 :class:`~mpnet.Client` registers itself as its process's default when created.
+
+This module sits below both ``worker`` and ``client`` and imports neither. A worker
+still has to make a client (``get_client()`` in a task) and an actor caller (handles
+used in a task): the client package provides those constructors here when it is
+imported (``provide``), and the worker asks for them (``made_by``). The arrows keep
+pointing down: worker → context ← client.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["get_worker", "get_client", "current_caller", "current_client",
-           "set_thread_worker", "set_default_client"]
+           "set_thread_worker", "set_default_client", "provide", "made_by"]
 
 _local = threading.local()
 _default_client: "weakref.ref | None" = None
+_factories: dict[str, Callable[..., Any]] = {}
+
+
+def provide(what: str, factory: Callable[..., Any]) -> None:
+    """Called by the client package at import: ``"client"`` → the Client class,
+    ``"actor_caller"`` → the ActorCaller class."""
+    _factories[what] = factory
+
+
+def made_by(what: str) -> Callable[..., Any]:
+    """The constructor provided for ``what`` (importing mpnet provides them all)."""
+    try:
+        return _factories[what]
+    except KeyError:
+        raise RuntimeError(f"no {what} constructor: import mpnet (not only mpnet.worker) "
+                           "in this process") from None
 
 
 def set_thread_worker(worker: Any) -> None:
