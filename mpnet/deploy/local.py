@@ -29,6 +29,7 @@ from ..comm.auth import new_token, resolve_token, token_arg
 from ..comm.eventloop import EventLoop
 from ..config import Config, make_config, parse_bytes
 from ..errors import ClusterClosedError
+from ..lifecycle import Lifecycle, Status
 from ..nanny.nanny import Nanny, close_all
 from ..scheduler.server import Scheduler
 from ..worker.worker import Worker
@@ -99,8 +100,9 @@ class LocalCluster:
         self.token = None if token is False else resolve_token(token or new_token())
         self.loop = EventLoop("mpnet-cluster-loop")
         self.workers: list[Nanny | Worker] = []
-        self._lock = threading.Lock()
-        self._status = "starting"
+        self._lock = threading.Lock()          # one scale() or close() at a time
+        self._life = Lifecycle("LocalCluster")
+        self._life.move(Status.STARTING)
         self.scheduler = Scheduler(host, scheduler_port, token=token_arg(self.token),
                                    loop=self.loop, dashboard_address=dashboard_address or None,
                                    config=self.config)
@@ -108,9 +110,10 @@ class LocalCluster:
             self.scheduler.start()
             self.scale(n_workers)
         except BaseException:
+            self._life.move(Status.FAILED, only_from=(Status.STARTING,))
             self.close()
             raise
-        self._status = "running"
+        self._life.move(Status.RUNNING, only_from=(Status.STARTING,))
         _live.add(self)
 
     @property
@@ -124,26 +127,26 @@ class LocalCluster:
         return self.scheduler.dashboard_link
 
     @property
-    def status(self) -> str:
-        return self._status
+    def status(self) -> Status:
+        return self._life.state
 
     def __repr__(self) -> str:
         n = len(self.workers)
         memory = f" memory={self.memory_limit * n / 2**30:.1f} GiB" if self.memory_limit else ""
         dashboard = f" dashboard={self.dashboard_link}" if self.dashboard_link else ""
         return (f"<LocalCluster {self.scheduler_address} workers={n} "
-                f"threads={n * self.threads_per_worker}{memory}{dashboard} {self._status}>")
+                f"threads={n * self.threads_per_worker}{memory}{dashboard} {self.status}>")
 
     def _repr_html_(self) -> str:
         from ..client.monitoring import cluster_html
         snap = None
-        if self._status == "running":
+        if self.status == "running":
             from ..scheduler.snapshot import snapshot
             try:
                 snap = self.loop.run_sync(snapshot, self.scheduler, timeout=2)
             except Exception:        # a notebook repr must never raise
                 snap = None
-        return cluster_html("LocalCluster", self.scheduler_address, self._status, snap)
+        return cluster_html("LocalCluster", self.scheduler_address, self.status.value, snap)
 
     def __enter__(self) -> "LocalCluster":
         return self
@@ -164,7 +167,7 @@ class LocalCluster:
     def scale(self, n: int, timeout: float = 60.0) -> None:
         """Start or stop workers until there are ``n``; returns once they serve."""
         with self._lock:
-            if self._status in ("closing", "closed"):
+            if not self._life.is_in(Status.STARTING, Status.RUNNING):
                 raise ClusterClosedError("scale() on a closed LocalCluster")
             if n > len(self.workers):
                 new = [self._new_worker(i) for i in range(len(self.workers), n)]
@@ -188,17 +191,19 @@ class LocalCluster:
 
     def close(self, timeout: float | None = None) -> None:
         """Stop workers (ask, SIGTERM, SIGKILL), the scheduler and the loop. Idempotent."""
+        if not self._life.move(Status.CLOSING, only_from=(Status.STARTING, Status.RUNNING,
+                                                          Status.FAILED)):
+            # closed already, or another thread is closing it: wait for that, bounded
+            self._life.wait_for(Status.CLOSED, timeout=timeout or self.config.close_timeout)
+            return
         with self._lock:
-            if self._status == "closed":
-                return
-            self._status = "closing"
             workers, self.workers = self.workers, []
         try:
             self._close_workers(workers, timeout)
         finally:
             self.scheduler.close()
             self.loop.close()
-            self._status = "closed"
+            self._life.move(Status.CLOSED)
             _live.discard(self)
 
 

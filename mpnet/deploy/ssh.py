@@ -38,6 +38,7 @@ import paramiko
 
 from ..comm.auth import new_token
 from ..config import make_config
+from ..lifecycle import Lifecycle, Status
 from .scheduler_file import remove_scheduler_file, write_scheduler_file
 from .ssh_connect import (ConnectOptions, HostSpec, SSHError, close_quietly, connect,
                           parse_host)
@@ -150,7 +151,8 @@ class SSHCluster:
         self._worker_procs: list[RemoteProcess] = []
         self._log_files: list[Any] = []
         self._lock = threading.Lock()
-        self._status = "starting"
+        self._life = Lifecycle("SSHCluster")
+        self._life.move(Status.STARTING)
         self._stop_keepalive = threading.Event()
         self._keepalive: threading.Thread | None = None
         self._id = f"ssh-{os.getpid()}-{new_token()[:8]}"
@@ -163,9 +165,10 @@ class SSHCluster:
         try:
             self._start()
         except BaseException:
+            self._life.move(Status.FAILED, only_from=(Status.STARTING,))
             self.close()
             raise
-        self._status = "running"
+        self._life.move(Status.RUNNING, only_from=(Status.STARTING,))
         _live.add(self)
 
     def _send_keepalives(self) -> None:
@@ -312,8 +315,8 @@ class SSHCluster:
     # --- the running cluster --------------------------------------------------------
 
     @property
-    def status(self) -> str:
-        return self._status
+    def status(self) -> Status:
+        return self._life.state
 
     @property
     def hosts(self) -> list[str]:
@@ -332,7 +335,7 @@ class SSHCluster:
 
     def __repr__(self) -> str:
         return (f"<SSHCluster {self.scheduler_address or '-'} workers={len(self.workers)} "
-                f"hosts={len(self.hosts)} {self._status}>")
+                f"hosts={len(self.hosts)} {self.status}>")
 
     def __enter__(self) -> "SSHCluster":
         return self
@@ -348,10 +351,10 @@ class SSHCluster:
         Each remote process gets EOF and closes gracefully; whatever has not exited after
         ``timeout`` seconds is cut off by closing its channel, which ends it the same way.
         """
-        with self._lock:
-            if self._status == "closed":
-                return
-            self._status = "closing"
+        if not self._life.move(Status.CLOSING, only_from=(Status.STARTING, Status.RUNNING,
+                                                          Status.FAILED)):
+            self._life.wait_for(Status.CLOSED, timeout=timeout)   # another close() runs
+            return
         self._stop_keepalive.set()
         if self._keepalive is not None:
             self._keepalive.join()
@@ -371,7 +374,7 @@ class SSHCluster:
                     f.close()
             if self.scheduler_file and self.scheduler_address:
                 remove_scheduler_file(self.scheduler_file, self._id)
-            self._status = "closed"
+            self._life.move(Status.CLOSED)
             _live.discard(self)
 
     @staticmethod

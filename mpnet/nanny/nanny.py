@@ -37,12 +37,13 @@ from ..config import Config, make_config
 from ..diagnostics import logring
 from ..comm.serialize import loads
 from ..errors import ClusterClosedError, MpnetError
+from ..lifecycle import Lifecycle, Status
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from .policy import RestartPolicy
 from .process import WorkerProcess, describe_exit
 
-__all__ = ["Nanny", "close_all"]
+__all__ = ["Nanny", "close_all", "NANNY_MOVES"]
 
 log = logging.getLogger("mpnet.nanny")
 
@@ -50,6 +51,20 @@ log = logging.getLogger("mpnet.nanny")
 # RESTART_WORKER, PLUGIN, LOGS) come only on its link to the scheduler.
 _refuse_peer = Dispatcher("nanny (on its listening port)", {})
 
+S = Status
+
+#: RUNNING: supervising (its worker process is starting or serving); RESTARTING: the
+#: worker is being replaced on purpose; CLOSING: no restart any more.
+NANNY_MOVES = {
+    S.CREATED: {S.STARTING, S.CLOSING, S.CLOSED},
+    S.STARTING: {S.RUNNING, S.FAILED, S.CLOSING},
+    S.RUNNING: {S.RESTARTING, S.CLOSING},
+    S.RESTARTING: {S.RUNNING, S.CLOSING},
+    S.FAILED: {S.CLOSING, S.CLOSED},
+    S.CLOSING: {S.CLOSED},
+    S.CLOSED: set(),
+}
+_SUPERVISING = (S.RUNNING, S.RESTARTING)
 
 
 def _mib(n: int) -> str:
@@ -125,8 +140,8 @@ class Nanny:
         self._finishing = False
         self._failure_reported = False
         self._started: Future = Future()
-        self._status = "created"
-        self._lock = threading.Lock()
+        self._life = Lifecycle("nanny", NANNY_MOVES)
+        self._lock = threading.Lock()       # guards _finishing and _closer
         self._closed = threading.Event()
         self._restart_timer = None
         self._handlers = Dispatcher("nanny", {
@@ -147,10 +162,8 @@ class Nanny:
 
     def start_nowait(self) -> None:
         """Spawn the worker without waiting (LocalCluster starts many at once)."""
-        with self._lock:
-            if self._status != "created":
-                raise ClusterClosedError(f"this Nanny is {self._status}; create a new one")
-            self._status = "running"
+        if not self._life.move(S.STARTING, only_from=(S.CREATED,)):
+            raise ClusterClosedError(f"this Nanny is {self.status}; create a new one")
         self.loop.start()
         try:
             self.listener = listen_on_any(self.port, lambda port: Listener(
@@ -173,8 +186,12 @@ class Nanny:
                 name=self.id, on_lost=self._scheduler_lost,
                 on_restored=self._scheduler_back, on_gave_up=self._scheduler_gone)
             self.scheduler.open()
+            # supervising from the spawn on: a worker that dies while starting is seen
+            if not self._life.move(S.RUNNING, only_from=(S.STARTING,)):
+                raise ClusterClosedError(f"{self.id} was closed while starting")
             self.loop.run_sync(self._spawn)
         except BaseException:
+            self._life.move(S.FAILED, only_from=(S.STARTING,))
             self.close()
             raise
 
@@ -198,8 +215,12 @@ class Nanny:
         self.close()
 
     @property
-    def status(self) -> str:
-        return self._status
+    def status(self) -> Status:
+        return self._life.state
+
+    @property
+    def _status(self) -> Status:      # read by the reconnect methods below
+        return self._life.state
 
     @property
     def pid(self) -> int | None:
@@ -207,10 +228,9 @@ class Nanny:
 
     def begin_close(self) -> None:
         """Ask the worker to stop (no restart after this). Returns at once."""
-        with self._lock:
-            if self._status in ("closing", "closed", "created"):
-                return
-            self._status = "closing"
+        if not self._life.move(S.CLOSING, only_from=(S.STARTING, S.RUNNING, S.RESTARTING,
+                                                     S.FAILED)):
+            return
         try:
             self.loop.run_sync(self._begin_close_on_loop, timeout=2)
         except Exception as e:
@@ -233,17 +253,13 @@ class Nanny:
         """Second half of close: wait for the worker (escalating) and free everything.
         One thread does it; any other waits for it until ``deadline``."""
         self.begin_close()
+        if self._life.move(S.CLOSED, only_from=(S.CREATED,)):
+            self._closed.set()
+            return
         with self._lock:
-            if self._status == "created":
-                self._status = "closed"
-                self._closed.set()
-                return
             busy, self._finishing = self._finishing, True
         if busy:
-            self._closed.wait(max(0.1, deadline - time.monotonic()))
-            closer = self._closer
-            if closer is not None and closer is not threading.current_thread():
-                closer.join(max(0.1, deadline - time.monotonic()))
+            self.wait_closed(max(0.1, deadline - time.monotonic()))
             return
         if self.process is not None:
             self.process.stop(deadline)
@@ -259,7 +275,7 @@ class Nanny:
             self.loop.close()
         if not self._started.done():
             self._started.set_exception(ClusterClosedError(f"{self.id} was closed"))
-        self._status = "closed"
+        self._life.move(S.CLOSED)
         self._closed.set()
 
     def _drop_connections(self) -> None:
@@ -269,7 +285,15 @@ class Nanny:
             self.listener.close()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
-        return self._closed.wait(timeout)
+        """Block until closed (``timeout`` seconds); a closer thread is joined too."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._closed.wait(timeout):
+            return False
+        closer = self._closer
+        if closer is None or closer is threading.current_thread():
+            return True
+        closer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not closer.is_alive()
 
     # --- the worker process: spawn, watch, restart -----------------------------------
     def _spawn(self) -> None:
@@ -286,7 +310,7 @@ class Nanny:
     def _watch(self) -> None:
         """Loop thread, periodically: memory over the limit? no answer to pings?"""
         self._watch_timer = None
-        if self._status not in ("running", "restarting"):
+        if not self._life.is_in(*_SUPERVISING):
             return
         proc, cfg = self.process, self.config
         if proc is not None and proc.address and not self._kill_reason and proc.is_alive():
@@ -312,8 +336,7 @@ class Nanny:
     def _worker_started(self, address: str) -> None:
         self.worker_address = address
         log.debug("%s: worker %s started (pid %s)", self.id, address, self.process.pid)
-        if self._status == "restarting":
-            self._status = "running"
+        self._life.move(S.RUNNING, only_from=(S.RESTARTING,))
         if not self._started.done():
             self._started.set_result(address)
 
@@ -325,16 +348,17 @@ class Nanny:
             where = " (its traceback is in the log above)" if len(lines) > 1 else ""
             self._started.set_exception(MpnetError(
                 f"worker failed to start: {lines[-1]}{where}"))
-            self._status = "closing"   # a worker that cannot start is not restarted
+            # a worker that cannot start is not restarted
+            self._life.move(S.CLOSING, only_from=_SUPERVISING)
 
     def _worker_exited(self) -> None:
         """Loop thread: the worker process is gone. Report it; restart it or not."""
-        if self._status in ("closing", "closed"):
+        if not self._life.is_in(*_SUPERVISING):
             return            # a stop we asked for: finish_close() reaps and reports
         proc = self.process
         pid, code, address = proc.pid, proc.reap(), self.worker_address
         leaving = proc.leaving
-        planned = self._status == "restarting" or leaving == "lifetime-restart"
+        planned = self._life.is_in(S.RESTARTING) or leaving == "lifetime-restart"
         why = self._kill_reason or (f"it left: {leaving}" if leaving else
                                     "stopped to restart" if planned else "it crashed")
         how = f"{describe_exit(code)}; {why}"
@@ -348,7 +372,7 @@ class Nanny:
                     "import the script)")
             self._started.set_exception(MpnetError(
                 f"the worker process (pid {pid}) died while starting: {how}{hint}"))
-            self._status = "closing"
+            self._life.move(S.CLOSING, only_from=_SUPERVISING)
             return
         if leaving in ("scheduler-gone", "retired") and not planned:
             self._report_exit(address, pid, code, how, restarting=False, running=running)
@@ -356,7 +380,7 @@ class Nanny:
             self._close_in_background()
             return
         if planned:
-            self._status = "restarting"
+            self._life.move(S.RESTARTING, only_from=(S.RUNNING,))
             self._report_exit(address, pid, code, how + " as asked", restarting=True, running=running)
             self._restart()
             return
@@ -382,7 +406,7 @@ class Nanny:
                                  running])
 
     def _restart(self) -> None:
-        if self._status not in ("running", "restarting"):
+        if not self._life.is_in(*_SUPERVISING):
             return
         self.restarts += 1
         self._spawn()
@@ -390,10 +414,10 @@ class Nanny:
     def restart_worker(self, reason: str = "asked") -> None:
         """Restart the worker process now (loop thread): stop it by escalation, then
         start a new one. Not counted as a crash."""
-        if self._status not in ("running", "restarting"):
+        if not self._life.is_in(*_SUPERVISING):
             return
         log.info("%s: restarting worker %s: %s", self.id, self.worker_address, reason)
-        self._status = "restarting"
+        self._life.move(S.RESTARTING, only_from=(S.RUNNING,))
         if self._restart_timer is not None:
             self._restart_timer.cancel()
         if self.process is not None and self.process.is_alive():
@@ -402,9 +426,13 @@ class Nanny:
             self._restart()
 
     def _close_in_background(self) -> None:
-        """Close from a thread of our own: close() blocks, and we are on the loop."""
-        t = threading.Thread(target=self.close, name="mpnet-nanny-closer", daemon=True)
-        self._closer = t
+        """Close from a thread of our own: close() blocks, and we are on the loop. One
+        such thread at most; wait_closed() and close() join it."""
+        with self._lock:
+            if self._closer is not None:
+                return
+            t = self._closer = threading.Thread(target=self.close, daemon=True,
+                                                name="mpnet-nanny-closer")
         t.start()
 
     # --- scheduler -----------------------------------------------------------------
@@ -447,7 +475,7 @@ class Nanny:
         self._close_in_background()
 
     def __repr__(self) -> str:
-        return f"<Nanny {self.id} worker={self.worker_address or '-'} {self._status}>"
+        return f"<Nanny {self.id} worker={self.worker_address or '-'} {self.status}>"
 
 
 def close_all(services: list, timeout: float) -> None:
