@@ -6,13 +6,13 @@
       ├── connection to the scheduler: REGISTER_NANNY, WORKER_EXITED(address, pid, code)
       └── WorkerProcess: spawn → "started" → … → sentinel → exit code → restart?
 
-Supervision, on the loop thread: the sentinel says the worker died; a ping over the
-pipe every ``ping_interval`` that goes unanswered for ``ping_timeout`` says it hangs
-(killed); its RSS above ``memory_terminate_fraction`` of ``memory_limit`` says it
-leaks (killed). Each exit is logged and reported to the scheduler with its pid, exit
-code or signal and the reason. Restarts follow :class:`~.policy.RestartPolicy` (at
-once, then backing off, then giving up). A stop that was asked for (``close()``, the
-scheduler shutting down, retirement) is never restarted.
+Blocking work (spawning the process, joining it, psutil reads) runs on the nanny's own
+thread, ``mpnet-nanny-work`` (blocking.py): the loop may be LocalCluster's, which also
+serves the scheduler. On the loop thread, the sentinel says the worker died and the
+watchdog (watch.py) that it hangs or leaks (killed). Each exit is logged and reported
+to the scheduler with its pid, exit code or signal and the reason. Restarts follow
+:class:`~.policy.RestartPolicy` (at once, then backing off, then giving up). A stop
+asked for (``close()``, the scheduler shutting down, retirement) is never restarted.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ from ..errors import ClusterClosedError, MpnetError
 from ..lifecycle import Lifecycle, Status
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
+from .blocking import BlockingWork
 from .policy import RestartPolicy
-from .process import WorkerProcess, describe_exit
+from .watch import Watchdog
+from .process import WorkerProcess, child_env, describe_exit
 
 __all__ = ["Nanny", "close_all", "NANNY_MOVES"]
 
@@ -67,10 +69,6 @@ NANNY_MOVES = {
 _SUPERVISING = (S.RUNNING, S.RESTARTING)
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB"
-
-
 class Nanny:
     """``Nanny('tcp://host:8786', nthreads=2).start()`` returns once its worker serves.
 
@@ -93,13 +91,7 @@ class Nanny:
         self.config = make_config(config, **config_overrides)
         self.scheduler_address = scheduler_address
         self.token = resolve_server_token(token, "nanny")
-        env = dict(env or {})
-        if gpus is not None:
-            # The worker sees only its GPUs (numbered from 0 inside it) and offers as
-            # many "GPU" resources, unless told otherwise.
-            ids = [str(g) for g in (gpus.split(",") if isinstance(gpus, str) else gpus)]
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
-            resources = {"GPU": len(ids), **(resources or {})}
+        self.env, resources = child_env(env, gpus, nthreads, resources)
         sched_host, _ = parse_address(scheduler_address)
         self.host = host if host is not None else (
             "127.0.0.1" if sched_host in ("127.0.0.1", "localhost", "") else "")
@@ -118,11 +110,6 @@ class Nanny:
                                   lifetime_restart=lifetime_restart,
                                   config=self.config,
                                   log_level=logging.getLogger("mpnet").getEffectiveLevel())
-        self.env = env
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            if var not in os.environ and var not in self.env:
-                # one worker thread = one BLAS thread, or threads fight over the cores
-                self.env[var] = str(nthreads)
         self._own_loop = loop is None
         self.loop = loop or EventLoop("mpnet-nanny-loop")
         self.scheduler: Link | None = None
@@ -132,9 +119,6 @@ class Nanny:
         self.restarts = 0
         self.memory_limit = memory_limit
         self._policy = RestartPolicy(self.config.max_restarts, self.config.restart_window)
-        self._watch_every = min(self.config.memory_interval, self.config.ping_interval)
-        self._watch_timer = None
-        self._last_ping = 0.0
         self._kill_reason = ""
         self._closer: threading.Thread | None = None
         self._finishing = False
@@ -144,6 +128,12 @@ class Nanny:
         self._lock = threading.Lock()       # guards _finishing and _closer
         self._closed = threading.Event()
         self._restart_timer = None
+        self._spawning = False              # a spawn is on the work thread (loop's flag)
+        self._work = BlockingWork(self.loop, "mpnet-nanny-work")
+        self._watchdog = Watchdog(self.loop, self.config, memory_limit, self._work,
+                                  process=lambda: self.process,
+                                  supervising=lambda: self._life.is_in(*_SUPERVISING),
+                                  kill=self._kill)
         self._handlers = Dispatcher("nanny", {
             Msg.CLOSE_WORKER: self._close_requested,
             Msg.RESTART_WORKER: lambda conn, reason: self.restart_worker(reason),
@@ -237,8 +227,7 @@ class Nanny:
             log.warning("%s: asking its worker to close failed: %s", self.id, e)
 
     def _begin_close_on_loop(self) -> None:
-        if self._watch_timer is not None:
-            self._watch_timer.cancel()
+        self._watchdog.stop()
         if self._restart_timer is not None:
             self._restart_timer.cancel()
         if self.process is not None:
@@ -261,7 +250,10 @@ class Nanny:
         if busy:
             self.wait_closed(max(0.1, deadline - time.monotonic()))
             return
+        # A spawn or reap under way finishes first: then the process is ours to stop.
+        self._work.close(max(0.1, deadline - time.monotonic()))
         if self.process is not None:
+            self.process.ask_to_close()     # (again: it may have been spawned since)
             self.process.stop(deadline)
             self.process.release()
         for preload in self.preloads:
@@ -277,6 +269,7 @@ class Nanny:
             self._started.set_exception(ClusterClosedError(f"{self.id} was closed"))
         self._life.move(S.CLOSED)
         self._closed.set()
+        self._join_closer(deadline)
 
     def _drop_connections(self) -> None:
         if self.scheduler is not None:
@@ -287,8 +280,9 @@ class Nanny:
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until closed (``timeout`` seconds); a closer thread is joined too."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._closed.wait(timeout):
-            return False
+        return self._closed.wait(timeout) and self._join_closer(deadline)
+
+    def _join_closer(self, deadline: float | None) -> bool:
         closer = self._closer
         if closer is None or closer is threading.current_thread():
             return True
@@ -303,29 +297,22 @@ class Nanny:
                                      on_failed=self._worker_failed,
                                      on_exit=self._worker_exited, env=self.env)
         self._kill_reason = ""
-        self.process.start()
-        if self._watch_timer is None:
-            self._watch_timer = self.loop.call_later(self._watch_every, self._watch)
+        self._spawning = True
+        proc = self.process
+        self._work.submit(proc.spawn, then=lambda _, exc: self._spawned(proc, exc))
 
-    def _watch(self) -> None:
-        """Loop thread, periodically: memory over the limit? no answer to pings?"""
-        self._watch_timer = None
-        if not self._life.is_in(*_SUPERVISING):
+    def _spawned(self, proc: WorkerProcess, exc: BaseException | None) -> None:
+        """Loop thread: the spawn of ``proc`` is done (or failed with ``exc``)."""
+        self._spawning = False
+        if exc is not None:
+            self._worker_failed(f"could not start a worker process: {type(exc).__name__}: "
+                                f"{exc}")
+            self._close_in_background()
             return
-        proc, cfg = self.process, self.config
-        if proc is not None and proc.address and not self._kill_reason and proc.is_alive():
-            now = time.monotonic()
-            if self.memory_limit:
-                rss = proc.rss()
-                if rss > self.memory_limit * cfg.memory_terminate_fraction:
-                    self._kill(f"killed for memory: it used {_mib(rss)} of its "
-                               f"{_mib(self.memory_limit)} limit")
-            if not self._kill_reason and now - proc.last_pong > cfg.ping_timeout:
-                self._kill(f"hung: it did not answer its nanny for {cfg.ping_timeout:.1f}s")
-            elif now - self._last_ping >= cfg.ping_interval:
-                self._last_ping = now
-                proc.ping()
-        self._watch_timer = self.loop.call_later(self._watch_every, self._watch)
+        if not self._life.is_in(*_SUPERVISING) or proc is not self.process:
+            return                  # closing: finish_close() stops it
+        proc.watch()
+        self._watchdog.start()
 
     def _kill(self, reason: str) -> None:
         self._kill_reason = reason
@@ -352,11 +339,16 @@ class Nanny:
             self._life.move(S.CLOSING, only_from=_SUPERVISING)
 
     def _worker_exited(self) -> None:
-        """Loop thread: the worker process is gone. Report it; restart it or not."""
-        if not self._life.is_in(*_SUPERVISING):
+        """Loop thread: the worker process is gone; reap it on the work thread."""
+        if self._life.is_in(*_SUPERVISING):
+            proc = self.process
+            self._work.submit(proc.reap, then=lambda code, _: self._reaped(proc, code))
+
+    def _reaped(self, proc: WorkerProcess, code: int | None) -> None:
+        """Loop thread: the worker process is reaped. Report it; restart it or not."""
+        if not self._life.is_in(*_SUPERVISING) or proc is not self.process:
             return            # a stop we asked for: finish_close() reaps and reports
-        proc = self.process
-        pid, code, address = proc.pid, proc.reap(), self.worker_address
+        pid, address = proc.pid, self.worker_address
         leaving = proc.leaving
         planned = self._life.is_in(S.RESTARTING) or leaving == "lifetime-restart"
         why = self._kill_reason or (f"it left: {leaving}" if leaving else
@@ -416,6 +408,9 @@ class Nanny:
         start a new one. Not counted as a crash."""
         if not self._life.is_in(*_SUPERVISING):
             return
+        if self._spawning:        # a fresh process is starting already
+            log.info("%s: not restarting a worker that is starting (%s)", self.id, reason)
+            return
         log.info("%s: restarting worker %s: %s", self.id, self.worker_address, reason)
         self._life.move(S.RESTARTING, only_from=(S.RUNNING,))
         if self._restart_timer is not None:
@@ -429,7 +424,7 @@ class Nanny:
         """Close from a thread of our own: close() blocks, and we are on the loop. One
         such thread at most; wait_closed() and close() join it."""
         with self._lock:
-            if self._closer is not None:
+            if self._closer is not None or self._life.is_in(S.CLOSED):
                 return
             t = self._closer = threading.Thread(target=self.close, daemon=True,
                                                 name="mpnet-nanny-closer")

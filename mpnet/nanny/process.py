@@ -2,11 +2,16 @@
 
 ::
 
-    nanny's loop ── spawn (multiprocessing, "spawn" start method) ──► child: worker_main
+    nanny's work thread ── spawn (multiprocessing, "spawn" start method) ──► child: worker_main
+    nanny's loop: watches what follows
          ▲  pipe: ("started", address) / ("failed", text) ◄────────────┤
          │  pipe: ("leaving", why) before a planned exit ◄──────────────┤
          │  pipe: ("close",) / ("ping",) ───────────────────────────────► │ ("pong",)
          └─ process sentinel readable = the child is gone (exit code read then)
+
+Blocking calls (:meth:`WorkerProcess.spawn`, :meth:`~WorkerProcess.reap`,
+:meth:`~WorkerProcess.rss`) run on the nanny's work thread (``blocking.BlockingWork``),
+never on its loop; the rest on the loop thread.
 
 Stopping escalates: ask over the pipe, SIGTERM after a grace period, SIGKILL after
 another. :meth:`WorkerProcess.stop` does it blocking (for close), and
@@ -35,7 +40,7 @@ from ..config import tune_gc
 from ..errors import PreloadOptionError
 from ..worker.running import RunningSlots, make_shared_slots
 
-__all__ = ["WorkerProcess", "describe_exit", "worker_main"]
+__all__ = ["WorkerProcess", "child_env", "describe_exit", "worker_main"]
 
 log = logging.getLogger("mpnet.nanny")
 
@@ -53,11 +58,30 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def child_env(env: dict | None, gpus: Any, nthreads: int,
+              resources: dict | None) -> tuple[dict, dict | None]:
+    """The environment a worker process starts with, and its resources."""
+    env = dict(env or {})
+    if gpus is not None:
+        # The worker sees only its GPUs (numbered from 0 inside it) and offers as
+        # many "GPU" resources, unless told otherwise.
+        ids = [str(g) for g in (gpus.split(",") if isinstance(gpus, str) else gpus)]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+        resources = {"GPU": len(ids), **(resources or {})}
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        if var not in os.environ and var not in env:
+            # one worker thread = one BLAS thread, or threads fight over the cores
+            env[var] = str(nthreads)
+    return env, resources
+
+
 class WorkerProcess:
     """A child process running a :class:`~mpnet.worker.Worker`, owned by one nanny.
 
     ``on_started(address)``, ``on_failed(text)`` and ``on_exit()`` are called on the loop
     thread; ``on_exit`` means the child is gone and ``reap()`` gives its exit code.
+    Made on the loop thread; :meth:`spawn` then runs on a thread that may block, and
+    :meth:`watch` back on the loop.
     """
 
     def __init__(self, loop: EventLoop, worker_kwargs: dict, *, start_method: str,
@@ -78,20 +102,21 @@ class WorkerProcess:
         self.released = False
         self.last_pong = time.monotonic()
         self.started_at = time.monotonic()
-        # Shared with every child this object spawns: which task each executor thread
-        # runs, readable here after the child died (see mpnet.worker.running).
-        nthreads = int(worker_kwargs.get("nthreads", 1))
-        self._running_buf = make_shared_slots(self._ctx, nthreads)
-        self._running = RunningSlots(self._running_buf, nthreads)
+        # Made by spawn(): which task each executor thread of the child runs, readable
+        # here after the child died (see mpnet.worker.running).
+        self._running_buf: Any = None
+        self._running: RunningSlots | None = None
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    def start(self) -> None:
-        """Spawn the child and watch it from the loop (call from the loop thread)."""
+    def spawn(self) -> None:
+        """Start the child (blocks: call it off the loop thread); then :meth:`watch`."""
+        nthreads = int(self.worker_kwargs.get("nthreads", 1))
+        self._running_buf = make_shared_slots(self._ctx, nthreads)
+        self._running = RunningSlots(self._running_buf, nthreads)
         parent, child = self._ctx.Pipe()
-        self._running.clear_all()
         kwargs = {**self.worker_kwargs, "running": self._running_buf}
         self.process = self._ctx.Process(target=worker_main, args=(child, kwargs),
                                          name="mpnet-worker", daemon=True)
@@ -99,16 +124,19 @@ class WorkerProcess:
             self.process.start()
         child.close()
         self.pipe = parent
-        # Registered by file descriptor: the selector must be able to forget them even
-        # after the objects are closed.
-        self._fds = [_Fd(parent.fileno()), _Fd(self.process.sentinel)]
-        self.loop.register(self._fds[0], 1, self._on_pipe)
-        self.loop.register(self._fds[1], 1, self._on_sentinel)
         self.started_at = self.last_pong = time.monotonic()
         try:
             self._ps = psutil.Process(self.process.pid)
         except psutil.Error:
             self._ps = None
+
+    def watch(self) -> None:
+        """Loop thread, after :meth:`spawn`: hear the child's pipe and its exit."""
+        # Registered by file descriptor: the selector must be able to forget them even
+        # after the objects are closed.
+        self._fds = [_Fd(self.pipe.fileno()), _Fd(self.process.sentinel)]
+        self.loop.register(self._fds[0], 1, self._on_pipe)
+        self.loop.register(self._fds[1], 1, self._on_sentinel)
 
     def _on_pipe(self, mask: int) -> None:
         if self.pipe.closed:
@@ -166,16 +194,18 @@ class WorkerProcess:
 
     def running_keys(self) -> list[str]:
         """The tasks the child's executor threads were running (read after it died)."""
-        return self._running.keys()
+        return self._running.keys() if self._running is not None else []
 
     def reap(self) -> int | None:
-        """The exit code of a child whose sentinel fired (reaps it)."""
+        """The exit code of a child whose sentinel fired (reaps it; may block briefly:
+        call it off the loop thread)."""
         self.process.join(timeout=1.0)
         self.exitcode = self.process.exitcode
         return self.exitcode
 
     def _forget_fds(self) -> None:
-        for fd in self._fds:
+        fds, self._fds = self._fds, []
+        for fd in fds:
             self.loop.unregister(fd)
 
     def ask_to_close(self) -> None:
