@@ -339,10 +339,15 @@ class Nanny:
             self._life.move(S.CLOSING, only_from=_SUPERVISING)
 
     def _worker_exited(self) -> None:
-        """Loop thread: the worker process is gone; reap it on the work thread."""
+        """Loop thread: the worker process is gone; reap it on the work thread, unless
+        it is reaped at once (usual: report without delay, callers look it up soon)."""
         if self._life.is_in(*_SUPERVISING):
             proc = self.process
-            self._work.submit(proc.reap, then=lambda code, _: self._reaped(proc, code))
+            code = proc.exit_code_now()
+            if code is not None:
+                self._reaped(proc, code)
+            else:
+                self._work.submit(proc.reap, then=lambda code, _: self._reaped(proc, code))
 
     def _reaped(self, proc: WorkerProcess, code: int | None) -> None:
         """Loop thread: the worker process is reaped. Report it; restart it or not."""

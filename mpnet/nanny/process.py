@@ -196,6 +196,14 @@ class WorkerProcess:
         """The tasks the child's executor threads were running (read after it died)."""
         return self._running.keys() if self._running is not None else []
 
+    def exit_code_now(self) -> int | None:
+        """The exit code if the child is gone and reapable without waiting (a
+        non-blocking ``waitpid``); None otherwise: then :meth:`reap`, off the loop."""
+        code = self.process.exitcode
+        if code is not None:
+            self.exitcode = code
+        return code
+
     def reap(self) -> int | None:
         """The exit code of a child whose sentinel fired (reaps it; may block briefly:
         call it off the loop thread)."""
@@ -204,8 +212,7 @@ class WorkerProcess:
         return self.exitcode
 
     def _forget_fds(self) -> None:
-        fds, self._fds = self._fds, []
-        for fd in fds:
+        for fd in self._fds:
             self.loop.unregister(fd)
 
     def ask_to_close(self) -> None:
