@@ -185,7 +185,8 @@ def test_stale_missing_and_unreadable_scheduler_files(cmd, tmp_path):
         dead = s.getsockname()[1]
     stale = tmp_path / "stale.json"
     stale.write_text(json.dumps({"address": f"tcp://127.0.0.1:{dead}", "pid": 1,
-                                 "host": "gone", "token": None}))
+                                 "host": "gone", "token": "ab" * 32}))
+    stale.chmod(0o600)    # it carries a token: a file open to others is refused first
     garbage = tmp_path / "garbage.json"
     garbage.write_text("not json {")
     runs = {

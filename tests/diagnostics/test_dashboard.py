@@ -120,11 +120,17 @@ def test_worker_logs_tell_why_a_worker_died():
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         (address, info), = client.scheduler_info()["workers"].items()
-        os.kill(info["pid"], signal.SIGKILL)
-        wait_for(lambda: any("killed by signal 9" in line[3] for lines in
-                             client.get_worker_logs(50).values() for line in lines),
+        pid = info["pid"]
+        os.kill(pid, signal.SIGKILL)
+        # The log ring is the whole test process's: the line must name this pid (an
+        # earlier test's nanny may have logged a SIGKILL too).
+        wait_for(lambda: any("killed by signal 9" in line[3] and f"pid {pid}" in line[3]
+                             for lines in client.get_worker_logs(50).values()
+                             for line in lines),
                  timeout=10, what="the nanny's line about the SIGKILL")
-        wait_for(lambda: client.scheduler_info()["workers"], timeout=10, what="a restart")
+        wait_for(lambda: "worker-restarted" in [e["kind"] for e in
+                                                client.get_status(events=50)["events"]],
+                 timeout=10, what="a restart")
         logs = client.get_worker_logs(50)
         assert any(k.startswith("nanny ") for k in logs)
         assert any("Scheduler at" in line[3] or "exited" in line[3]
