@@ -39,6 +39,7 @@ from ..config import Config, make_config, tune_gc
 from ..errors import FrameTooLargeError, WorkerLostError
 from .. import context
 from .actor_api import ActorMixin
+from .callbacks import CallbackThread
 from .fetch import Fetcher
 from .keys import FunctionCache, check_key, task_options, track_for_exit, untrack
 from .keys import recipe as task_recipe
@@ -76,7 +77,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             # Client(cluster) speaks to the cluster as its members do: with its TLS files
             config_overrides = {**tls.settings(address.config), **config_overrides}
         self.config = make_config(config, **config_overrides)
-        loop = None
+        loop = inproc = None
         file_token = None
         if address is not None and not isinstance(address, str):
             cluster = address                   # a LocalCluster (or anything alike)
@@ -87,6 +88,9 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             if token is None:
                 token = token_arg(cluster.token)
             loop = getattr(cluster, "loop", None)
+            # A LocalCluster of this process: its scheduler is reached without a socket
+            scheduler = getattr(cluster, "scheduler", None)
+            inproc = scheduler if hasattr(scheduler, "connect_inproc") and loop else None
         if scheduler_file is not None:
             from ..deploy.scheduler_file import read_scheduler_file
             found = read_scheduler_file(scheduler_file, timeout=timeout)
@@ -104,12 +108,15 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         self._counter = itertools.count()
         self._session = Session(self, self.loop, address, config=self.config,
                                 token=self.token, client_id=self.id)
+        self._callbacks = CallbackThread(f"mpnet-client-callbacks-{self.id[7:]}")
         self._fetcher = Fetcher(self, self.loop, config=self.config, token=self.token,
                                 client_id=self.id, dispatch=self._session.dispatch)
         tune_gc(self.config)
+        self._callbacks.start()
         self.loop.start()
         try:
-            welcome = self._session.connect(timeout)
+            welcome = (self._session.connect(timeout) if inproc is None
+                       else self._session.connect_inproc(inproc, timeout))
             self.scheduler_id = welcome["id"]
             if welcome.get("version_mismatch"):
                 warnings.warn("mpnet: this client, the scheduler and the workers run "
@@ -305,9 +312,9 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         if not futures or self.status != "open":
             return set()
         if self.loop.in_loop_thread():
-            raise RuntimeError("Future.cancel() cannot wait for the cluster's answer in a "
-                               "done-callback (it runs on the client's loop); call "
-                               "client.cancel(futures) there instead")
+            raise RuntimeError("Future.cancel() cannot wait for the cluster's answer on "
+                               "the client's loop thread; call client.cancel(futures) "
+                               "there instead")
         answer: cf.Future = cf.Future()
         reason = "cancelled before it started (Future.cancel())"
 
@@ -321,7 +328,10 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             self.scheduler.request(Msg.TRY_CANCEL, [f.key for f in futures]
                                    ).add_done_callback(answered)
         self.loop.call_soon_threadsafe(on_loop)
-        return answer.result()
+        cancelled = answer.result()
+        if cancelled:          # their callbacks have run when cancel() returns (stdlib)
+            self._callbacks.drain()
+        return cancelled
 
     def wait(self, futures: Any, timeout: float | None = None,
              return_when: str = "ALL_COMPLETED") -> Any:
@@ -389,6 +399,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         except Exception as e:   # loop gone or stuck: its sockets close with it
             log.debug("client close on loop: %s", e)
         self._session.fail_pending(f"client {self.id} was closed")
+        self._callbacks.close(self.config.close_timeout)
         if self._own_loop:
             self.loop.close()
 

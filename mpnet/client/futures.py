@@ -7,6 +7,11 @@ these futures unchanged; so does ``await``.
 
 Dropping the last reference to a future tells the scheduler the client no longer
 wants its key (batched, from whatever thread the garbage collector runs on).
+
+No user code runs on the client's loop (in a LocalCluster, the scheduler's): a result or
+error arrives :class:`Packed` and is unpickled by the first ``result()`` or
+``exception()`` (the caller's thread), and done-callbacks added before the future
+finished run on the client's callback thread (``mpnet.client.callbacks``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from ..errors import CancelledError
 
-__all__ = ["BaseFuture", "Future", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+__all__ = ["BaseFuture", "Future", "Packed", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION",
            "ALL_COMPLETED"]
 
 FIRST_COMPLETED = cf.FIRST_COMPLETED
@@ -46,6 +51,21 @@ class Remote:
         self.worker, self.nbytes = worker, nbytes
 
 
+class Packed:
+    """Stands in for a result (in ``_result``) or an error (in ``_exception``) that is
+    still pickled: ``decode(*args)`` makes it, on the thread that first asks."""
+
+    __slots__ = ("decode", "args")
+
+    def __init__(self, decode: Any, *args: Any):
+        self.decode, self.args = decode, args
+
+
+# One at a time: two threads asking for one result get the same object (and pickle
+# holds the GIL for most of its work anyway). User threads only: the loop never takes it.
+_unpacking = threading.Lock()
+
+
 class BaseFuture(cf.Future):
     """What every mpnet future adds to ``concurrent.futures.Future``: ``await``."""
 
@@ -59,7 +79,7 @@ class BaseFuture(cf.Future):
 
             def wake(_: cf.Future) -> None:
                 loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
-            self.add_done_callback(wake)
+            cf.Future.add_done_callback(self, wake)    # no user code: runs where it ends
             await waiter
         if self._needs_fetch():
             return await loop.run_in_executor(None, self.result)
@@ -103,21 +123,50 @@ class Future(BaseFuture):
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value (``timeout`` in seconds); re-raises its exception."""
-        try:
-            value = super().result(timeout)
-        except cf.CancelledError:
-            raise CancelledError(f"{self.key} was cancelled"
-                                 + (f": {self._reason}" if self._reason else "")) from None
+        self.exception(timeout)            # waits, and unpickles what came packed
+        value = super().result(0)
         if isinstance(value, Remote):
             value = self.client._fetch([self], timeout)[0]
         return value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
-            return super().exception(timeout)
+            exc = super().exception(timeout)
         except cf.CancelledError:
             raise CancelledError(f"{self.key} was cancelled"
                                  + (f": {self._reason}" if self._reason else "")) from None
+        if type(exc) is Packed or type(self._result) is Packed:
+            exc = self._unpack()
+        return exc
+
+    def _unpack(self) -> BaseException | None:
+        """Unpickle a packed result or error, here (the caller's thread); the error."""
+        with _unpacking:
+            with self._condition:
+                value, exc = self._result, self._exception
+            if type(exc) is Packed:
+                made = exc.decode(*exc.args)
+                with self._condition:
+                    if self._exception is exc:
+                        self._exception = made
+            elif type(value) is Packed:
+                try:
+                    made, err = value.decode(*value.args), None
+                except Exception as e:   # cannot be unpickled here: the future says so
+                    made, err = None, e
+                with self._condition:
+                    if self._result is value:
+                        self._result, self._exception = made, err
+            return self._exception
+
+    def add_done_callback(self, fn: Any) -> None:
+        """As ``concurrent.futures``: ``fn(future)`` once done; at once on this thread if
+        done already, else on the client's callback thread (never on its loop)."""
+        runner = getattr(self.client, "_callbacks", None)
+        if runner is None or self.done():
+            super().add_done_callback(fn)
+        else:
+            super().add_done_callback(runner.wrap(fn))
 
     def traceback(self, timeout: float | None = None) -> str | None:
         """The text of the remote traceback of a failed task (None if it did not fail).
@@ -268,7 +317,8 @@ class as_completed(Iterator):
             self._pending += 1
             self._total += 1
             self._held[future] = self._held.get(future, 0) + 1
-        future.add_done_callback(self._queue.put)
+        # no user code: runs on whichever thread completes the future (never blocks)
+        cf.Future.add_done_callback(future, self._queue.put)
 
     def update(self, futures: Iterable[cf.Future]) -> None:
         for f in futures:

@@ -41,7 +41,7 @@ from ..errors import (ClusterClosedError, CommClosedError, KeyConflictError,
                       KilledWorkerError, UnsatisfiableError, WorkerLostError)
 from ..versions import get_versions
 from .actors import binding
-from .futures import Future, Remote
+from .futures import Future, Packed, Remote
 
 __all__ = ["Session"]
 
@@ -94,6 +94,25 @@ class Session:
             raise ClusterClosedError(f"lost the scheduler at {self.address}: {e}") from None
         self._set_status("open", only_from=("connecting",))
         return welcome
+
+    def connect_inproc(self, scheduler: Any, timeout: float | None) -> dict:
+        """Register through an in-process link to ``scheduler``, a Scheduler of this
+        process whose loop this client shares (mpnet.comm.inproc): the welcome."""
+        link = self.loop.run_sync(scheduler.connect_inproc, self.id, self.dispatch,
+                                  self._inproc_lost)
+        with self.lock:
+            self.link = link
+        welcome = self.request(Msg.REGISTER_CLIENT, self.id, get_versions(), timeout=timeout)
+        self._set_status("open", only_from=("connecting",))
+        return welcome
+
+    def _inproc_lost(self, link: Any, exc: BaseException | None) -> None:
+        """The in-process scheduler closed: it will not come back (no reconnecting)."""
+        if link is not self.link:
+            return
+        self.fail_pending(f"the scheduler at {self.address} (in this process) closed"
+                          f"{f' ({exc})' if exc else ''}: its tasks are gone")
+        self._set_status("disconnected", only_from=("open",))
 
     def _set_status(self, status: str, only_from: tuple = ()) -> bool:
         with self.lock:
@@ -202,19 +221,19 @@ class Session:
         if fut is None:
             return
         fut.worker = worker
-        if payload is None:
-            fut._set_value(Remote(worker, nbytes))
-            return
-        try:
-            with binding(self.owner):      # actor handles inside bind to this client
-                fut._set_value(loads(payload, what=f"result of {key}"))
-        except Exception as e:   # the result cannot be unpickled here: the future says so
-            fut._set_error(e)
+        # Unpickled where it is wanted (Future.result(), on the caller's thread): never
+        # on this loop, which is the scheduler's own in a LocalCluster.
+        fut._set_value(Remote(worker, nbytes) if payload is None
+                       else Packed(self._result_of, payload, key))
+
+    def _result_of(self, payload: Payload, key: str) -> Any:
+        with binding(self.owner):      # actor handles inside bind to this client
+            return loads(payload, what=f"result of {key}")
 
     def _task_erred(self, key: str, exc: Payload, tb: str) -> None:
         fut = self.futures.get(key)
         if fut is not None:
-            fut._set_error(loads_exception(exc, tb))
+            fut._set_error(Packed(loads_exception, exc, tb))
 
     def _task_cancelled(self, key: str, reason: str) -> None:
         fut = self.futures.get(key)

@@ -30,6 +30,7 @@ from ..comm.addressing import address_scheme, outward_host, parse_address
 from ..comm.auth import resolve_token
 from ..comm.endpoints import Listener
 from ..comm.eventloop import EventLoop
+from ..comm import inproc
 from ..comm.protocol import Msg
 from ..comm.session import Sessions
 from ..config import Config, make_config, tune_gc
@@ -97,6 +98,7 @@ class Scheduler:
         # (ready, then, deadline timer): checked after every event (see when())
         self._conditions: list[list] = []
         self.nannies: dict[str, Any] = {}      # nanny address → its NannySession
+        self._inproc: set = set()        # server ends of in-process clients' links
         self.restarts: dict[str, int] = {}           # nanny address → worker restarts
         self.monitoring = Monitoring(self)     # status, task stream, logs, dashboard
         # Each peer's link is bound to a session of its role when it registers; until
@@ -246,10 +248,13 @@ class Scheduler:
                 ws.link.send([Msg.CLOSE_WORKER, "the scheduler is shutting down", ""])
         for conn in self.nannies.values():
             conn.send([Msg.CLOSE_WORKER, "the scheduler is shutting down", ""])
-        for conn in list(self.listener.connections):
+        for conn in [*self.listener.connections, *self._inproc]:
             conn.on_close = None
             conn.flush()
         self.listener.close()
+        for link in list(self._inproc):
+            link.close()
+        self._inproc.clear()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the scheduler is closed; False if ``timeout`` seconds passed."""
@@ -259,6 +264,27 @@ class Scheduler:
         if closer is not None and closer is not threading.current_thread():
             closer.join(timeout)      # it ends right after the move to closed
         return True
+
+    def connect_inproc(self, client_id: str, handler: Callable, on_close: Callable) -> Any:
+        """Loop thread: the client end of a link for a client in this process
+        (``Client(cluster)``), without socket or handshake (see :mod:`mpnet.comm.inproc`:
+        only code holding this object can make one). Its messages go through the same
+        dispatcher as a connection's."""
+        if not self._life.is_in(Status.RUNNING):
+            raise ClusterClosedError(f"the scheduler at {self.address} is "
+                                     f"{self._life.state.value}")
+
+        def closed(link: Any, exc: BaseException | None) -> None:
+            self._inproc.discard(link)
+            self._on_close(link, exc)
+        server, client = inproc.pair(
+            self.loop,
+            server=dict(peer=f"inproc:{client_id}", peer_role="client",
+                        peer_info={"id": client_id}, handler=self._dispatch, on_close=closed),
+            client=dict(peer=self.address, peer_role="scheduler", peer_info={"id": self.id},
+                        handler=handler, on_close=on_close))
+        self._inproc.add(server)
+        return client
 
     # --- dispatch ------------------------------------------------------------------
     # Every link (a TCP Connection or an in-process link) calls these two on the loop.
