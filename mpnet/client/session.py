@@ -98,6 +98,7 @@ class Session:
     def connect_inproc(self, scheduler: Any, timeout: float | None) -> dict:
         """Register through an in-process link to ``scheduler``, a Scheduler of this
         process whose loop this client shares (mpnet.comm.inproc): the welcome."""
+        self._inproc = scheduler
         link = self.loop.run_sync(scheduler.connect_inproc, self.id, self.dispatch,
                                   self._inproc_lost)
         with self.lock:
@@ -107,12 +108,32 @@ class Session:
         return welcome
 
     def _inproc_lost(self, link: Any, exc: BaseException | None) -> None:
-        """The in-process scheduler closed: it will not come back (no reconnecting)."""
+        """Loop thread: the in-process link closed. Link again at once if the scheduler
+        still runs (as a TCP client reconnects); if it closed, it will not come back."""
         if link is not self.link:
             return
-        self.fail_pending(f"the scheduler at {self.address} (in this process) closed"
-                          f"{f' ({exc})' if exc else ''}: its tasks are gone")
-        self._set_status("disconnected", only_from=("open",))
+        self.fail_pending(f"the link to the scheduler at {self.address} (in this process) "
+                          f"closed{f' ({exc})' if exc else ''}: its tasks are gone; "
+                          "resubmit them")
+        if not self._set_status("reconnecting", only_from=("open",)):
+            return
+        try:
+            new = self._inproc.connect_inproc(self.id, self.dispatch, self._inproc_lost)
+        except ClusterClosedError:
+            self._set_status("disconnected", only_from=("reconnecting",))
+            return
+        log.warning("client %s lost its in-process link (%s); linked again", self.id,
+                    exc or "closed")
+        with self.lock:
+            if self.status != "reconnecting":     # closed meanwhile
+                new.close()
+                return
+            self.link = new
+
+        def registered(reply: cf.Future) -> None:
+            self._set_status("open" if reply.exception() is None else "disconnected",
+                             only_from=("reconnecting",))
+        new.request(Msg.REGISTER_CLIENT, self.id, get_versions()).add_done_callback(registered)
 
     def _set_status(self, status: str, only_from: tuple = ()) -> bool:
         with self.lock:
