@@ -7,7 +7,7 @@
                  end of the loop turn:     │    │
                  flush() ── detach ──► _deliver ─► handler(server_end, msg)
     handler(client_end, msg) ◄─ _deliver ◄─ flush() ◄┘
-    close() ── the other end is told on the next loop turn, as a socket's EOF would
+    close() ── the other end closes too, at once (its owner hears of it first)
 
 Both ends live on one event loop (the :class:`~mpnet.LocalCluster`'s, which its
 ``Client(cluster)`` shares): every method runs on the loop thread, except those whose
@@ -201,8 +201,8 @@ class Endpoint:
 
     # --- closing -------------------------------------------------------------------
     def close(self, exc: BaseException | None = None) -> None:
-        """Close this end now; the other end closes on the next loop turn (as after a
-        socket's EOF). Pending requests fail with ``CommClosedError``. Idempotent."""
+        """Close this end and the other (whose ``on_close`` runs first). Pending
+        requests fail with ``CommClosedError``. Idempotent."""
         if self.state == "closed":
             return
         self.state = "closed"
@@ -213,11 +213,13 @@ class Endpoint:
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(err)
+        # The other end closes first, at once: its owner forgets this link (the
+        # scheduler drops the client) before ours may make a new one (a client links
+        # again under the same id, which must not be dropped by the old link's end).
         other, self._other = self._other, None
         if other is not None:
             other._other = None
-            self.loop.call_soon_threadsafe(other.close, CommClosedError(
-                f"{self.peer_role} at {self.peer} closed the link"))
+            other.close(CommClosedError(f"{self.peer_role} at {self.peer} closed the link"))
         on_close, self.on_close = self.on_close, None
         if on_close is not None:
             on_close(self, exc)
