@@ -26,8 +26,8 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from ..errors import CancelledError
 
-__all__ = ["BaseFuture", "Future", "Packed", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION",
-           "ALL_COMPLETED"]
+__all__ = ["BaseFuture", "Future", "Packed", "wait", "as_completed", "FIRST_COMPLETED",
+           "FIRST_EXCEPTION", "ALL_COMPLETED"]
 
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
