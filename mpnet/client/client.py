@@ -107,7 +107,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         self._function_payload = self._fn_cache.payload
         self._counter = itertools.count()
         self._session = Session(self, self.loop, address, config=self.config,
-                                token=self.token, client_id=self.id)
+                                token=self.token, client_id=self.id, inproc=inproc)
         self._callbacks = CallbackThread(f"mpnet-client-callbacks-{self.id[7:]}")
         self._fetcher = Fetcher(self, self.loop, config=self.config, token=self.token,
                                 client_id=self.id, dispatch=self._session.dispatch)
@@ -115,8 +115,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         self._callbacks.start()
         self.loop.start()
         try:
-            welcome = (self._session.connect(timeout) if inproc is None
-                       else self._session.connect_inproc(inproc, timeout))
+            welcome = self._session.connect(timeout)
             self.scheduler_id = welcome["id"]
             if welcome.get("version_mismatch"):
                 warnings.warn("mpnet: this client, the scheduler and the workers run "

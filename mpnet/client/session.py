@@ -34,6 +34,7 @@ from typing import Any
 
 from ..comm.connection import Connection
 from ..comm.dispatch import Dispatcher
+from ..comm.inproc import dialer
 from ..comm.link import Link
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, loads, loads_exception
@@ -57,7 +58,7 @@ class Session:
     ``disconnected`` or ``closed``."""
 
     def __init__(self, owner: Any, loop: Any, address: str, *, config: Any, token: Any,
-                 client_id: str):
+                 client_id: str, inproc: Any = None):
         self.owner, self.loop, self.address = owner, loop, address
         self.config, self.token, self.id = config, token, client_id
         self.lock = threading.RLock()
@@ -78,7 +79,9 @@ class Session:
                                                              get_versions()),
                           name=f"client {client_id}", on_lost=self._link_lost,
                           on_restored=self._reconnected, on_gave_up=self._gave_up,
-                          on_too_large=self._too_large)
+                          on_too_large=self._too_large,
+                          # a Scheduler of this process (Client(cluster)): no socket
+                          dial=None if inproc is None else dialer(inproc, client_id))
 
     @property
     def link(self) -> Connection | None:
@@ -94,46 +97,6 @@ class Session:
             raise ClusterClosedError(f"lost the scheduler at {self.address}: {e}") from None
         self._set_status("open", only_from=("connecting",))
         return welcome
-
-    def connect_inproc(self, scheduler: Any, timeout: float | None) -> dict:
-        """Register through an in-process link to ``scheduler``, a Scheduler of this
-        process whose loop this client shares (mpnet.comm.inproc): the welcome."""
-        self._inproc = scheduler
-        link = self.loop.run_sync(scheduler.connect_inproc, self.id, self.dispatch,
-                                  self._inproc_lost)
-        with self.lock:
-            self.link = link
-        welcome = self.request(Msg.REGISTER_CLIENT, self.id, get_versions(), timeout=timeout)
-        self._set_status("open", only_from=("connecting",))
-        return welcome
-
-    def _inproc_lost(self, link: Any, exc: BaseException | None) -> None:
-        """Loop thread: the in-process link closed. Link again at once if the scheduler
-        still runs (as a TCP client reconnects); if it closed, it will not come back."""
-        if link is not self.link:
-            return
-        self.fail_pending(f"the link to the scheduler at {self.address} (in this process) "
-                          f"closed{f' ({exc})' if exc else ''}: its tasks are gone; "
-                          "resubmit them")
-        if not self._set_status("reconnecting", only_from=("open",)):
-            return
-        try:
-            new = self._inproc.connect_inproc(self.id, self.dispatch, self._inproc_lost)
-        except ClusterClosedError:
-            self._set_status("disconnected", only_from=("reconnecting",))
-            return
-        log.warning("client %s lost its in-process link (%s); linked again", self.id,
-                    exc or "closed")
-        with self.lock:
-            if self.status != "reconnecting":     # closed meanwhile
-                new.close()
-                return
-            self.link = new
-
-        def registered(reply: cf.Future) -> None:
-            self._set_status("open" if reply.exception() is None else "disconnected",
-                             only_from=("reconnecting",))
-        new.request(Msg.REGISTER_CLIENT, self.id, get_versions()).add_done_callback(registered)
 
     def _set_status(self, status: str, only_from: tuple = ()) -> bool:
         with self.lock:

@@ -20,7 +20,9 @@ client, while the scheduler's payloads (received bytes nobody writes to) pass as
 
 **Who can reach it.** There is no address and no handshake: a link is made only by
 code holding the :class:`~mpnet.Scheduler` object (``Scheduler.connect_inproc``),
-which lives in this process, so holding it already is holding the token.
+which lives in this process, so holding it already is holding the token. A client's
+:class:`~mpnet.comm.link.Link` gets its endpoints from :func:`dialer` instead of
+dialing, and registers, loses and re-makes them as it does connections.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .eventloop import EventLoop
 from .protocol import Msg
 from .serialize import Payload
 
-__all__ = ["Endpoint", "pair"]
+__all__ = ["Endpoint", "pair", "dialer"]
 
 log = logging.getLogger("mpnet.comm")
 
@@ -237,3 +239,17 @@ def pair(loop: EventLoop, *, server: dict, client: dict) -> tuple[Endpoint, Endp
     c = Endpoint(loop, detach=from_client, **client)
     s._other, c._other = c, s
     return s, c
+
+
+def dialer(server: Any, client_id: str) -> Callable[..., Future]:
+    """For :class:`~mpnet.comm.link.Link` (``dial=``): instead of dialing, ask ``server``
+    (a Scheduler of this process, on its loop thread) for a new link. The future fails
+    at once when the server is closed: there is nothing to wait for."""
+    def dial(*, handler: Callable, on_close: Callable, **ignored: Any) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(server.connect_inproc(client_id, handler, on_close))
+        except MpnetError as e:       # closed: ClusterClosedError
+            fut.set_exception(e)
+        return fut
+    return dial

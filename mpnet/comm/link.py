@@ -32,6 +32,7 @@ answer is gone with it), as on any connection.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from concurrent.futures import Future
@@ -87,8 +88,12 @@ class Link:
                  on_lost: Callable[[BaseException | None], None] = _noop,
                  on_restored: Callable[[Any], None] = _noop,
                  on_gave_up: Callable[[LinkLostError], None] = _noop,
-                 on_too_large: Callable | None = None, retry_for: float | None = None):
+                 on_too_large: Callable | None = None, retry_for: float | None = None,
+                 dial: Callable[..., Future] | None = None):
         self.loop, self.address, self.config = loop, address, config
+        # How a connection is made: endpoints.connect, or for a client in the process
+        # of its scheduler, mpnet.comm.inproc.dialer (the same keywords, a future).
+        self._connect = dial or functools.partial(connect, loop, address)
         self._dial_kw = dict(config=config, token=token, role=role, info=info,
                              handler=handler, on_close=self._closed)
         self._register = register
@@ -151,8 +156,8 @@ class Link:
                 result.set_exception(self._down_error("was closed while connecting"))
                 return
             try:
-                self._dial = connect(self.loop, self.address, timeout=timeout,
-                                     on_waiting=on_waiting, **self._dial_kw)
+                self._dial = self._connect(timeout=timeout, on_waiting=on_waiting,
+                                           **self._dial_kw)
             except Exception as e:   # handed to the waiting thread, which raises it
                 self._life.move(S.FAILED, only_from=(S.CONNECTING,))
                 result.set_exception(e)
@@ -256,8 +261,7 @@ class Link:
         if left <= 0:
             self._give_up()
             return
-        self._dial = connect(self.loop, self.address, timeout=left, retry_impostors=True,
-                             **self._dial_kw)
+        self._dial = self._connect(timeout=left, retry_impostors=True, **self._dial_kw)
         self._dial.add_done_callback(self._redialed)
 
     def _redialed(self, dial: Future) -> None:
