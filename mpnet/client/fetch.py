@@ -22,7 +22,6 @@ from ..comm.protocol import Msg
 from ..comm.serialize import loads
 from ..errors import CommClosedError, WorkerLostError
 from .actors import binding
-from .futures import Remote
 
 __all__ = ["Fetcher"]
 
@@ -33,7 +32,8 @@ def _batches(futures: list, limit: int) -> list[tuple[str, list]]:
     batches: list[tuple[str, list]] = []
     open_: dict[str, tuple[list, list]] = {}     # worker → (its batch, [bytes in it])
     for f in futures:
-        worker, nbytes = f._result.worker, f._result.nbytes
+        remote = f._remote()
+        worker, nbytes = remote.worker, remote.nbytes
         batch, size = open_.get(worker, (None, [0]))
         if batch is None or (batch and size[0] + nbytes > limit):
             batch, size = [], [0]
@@ -68,7 +68,7 @@ class Fetcher:
             raise RuntimeError("result() of a large value cannot be fetched from a done-"
                                "callback (it runs on the client's loop); call it elsewhere")
         deadline = None if timeout is None else time.monotonic() + timeout
-        pending = [f for f in futures if isinstance(f._result, Remote)]
+        pending = [f for f in futures if f._remote() is not None]
         while pending:
             requests = [(w, fs, self.loop.run_sync(self._get_data, w, [f.key for f in fs]))
                         for w, fs in _batches(pending, self.config.max_frame_bytes // 2)]
@@ -83,16 +83,17 @@ class Fetcher:
                         with binding(self.owner):
                             f._set_value(loads(got[f.key], what=f"result of {f.key}"))
                     elif f._wait_moved(worker, deadline):
-                        if isinstance(f._result, Remote):
+                        if f._remote() is not None:
                             pending.append(f)
                     else:
                         raise WorkerLostError(
                             f"could not fetch {f.key} from worker {worker}, which probably "
                             f"died, and it was not computed again within {timeout}s")
-        for f in futures:
-            if f._exception is not None:
-                raise f._exception
-        return [f._result for f in futures]
+        outcomes = [f._outcome(0) for f in futures]
+        for _, exc in outcomes:
+            if exc is not None:
+                raise exc
+        return [value for value, _ in outcomes]
 
     def _get_data(self, worker: str, keys: list[str]) -> cf.Future:
         """Loop thread: GET_DATA on the pooled direct connection to ``worker``."""

@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 import traceback
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from ..errors import CancelledError
 
@@ -52,8 +52,8 @@ class Remote:
 
 
 class Packed:
-    """Stands in for a result (in ``_result``) or an error (in ``_exception``) that is
-    still pickled: ``decode(*args)`` makes it, on the thread that first asks."""
+    """Stands in for a result or an error that is still pickled: ``decode(*args)`` makes
+    it, on the thread that first asks (see ``Future._unpack``)."""
 
     __slots__ = ("decode", "args")
 
@@ -90,9 +90,22 @@ class BaseFuture(cf.Future):
 
 
 class Future(BaseFuture):
-    """The result of a task (or scattered data) on the cluster, by its ``key``."""
+    """The result of a task (or scattered data) on the cluster, by its ``key``.
+
+    **Two outcomes, one rule.** The ``concurrent.futures.Future`` underneath is completed
+    once, through its public methods only (``set_result``, ``set_exception``,
+    ``cancel``): ``concurrent.futures.wait`` and ``as_completed`` read its private fields,
+    and so see a plain future. mpnet's outcome may change after that, which a stdlib
+    future's cannot: a large value (a :class:`Remote`) is fetched or moves to another
+    worker, a value is lost with its worker, a finished future is cancelled (dask's
+    rule). Such a change goes to ``_amended`` (``(value, exception)`` or ``_CANCELLED``),
+    which wins over what the stdlib future holds. Changes are made, and waited for, under
+    one module-wide condition: they are rare, and a lock of its own would cost every
+    future an allocation.
+    """
 
     _recipe: bytes | None = None   # digest of fn and args, for a key the user chose
+    _amended: Any = None           # the outcome since its first completion, if changed
 
     def __init__(self, key: str, client: Owner):
         super().__init__()
@@ -115,58 +128,27 @@ class Future(BaseFuture):
     @property
     def status(self) -> str:
         """``pending``, ``finished``, ``error`` or ``cancelled`` (dask's names)."""
-        if self.cancelled():
-            return "cancelled"
         if not self.done():
             return "pending"
-        return "error" if super().exception(0) is not None else "finished"
+        now = self._now()
+        if now is _CANCELLED:
+            return "cancelled"
+        return "error" if now[1] is not None else "finished"
+
+    def cancelled(self) -> bool:
+        return self._amended is _CANCELLED or super().cancelled()
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value (``timeout`` in seconds); re-raises its exception."""
-        self.exception(timeout)            # waits, and unpickles what came packed
-        value = super().result(0)
+        value, exc = self._outcome(timeout)
+        if exc is not None:
+            raise exc
         if isinstance(value, Remote):
             value = self.client._fetch([self], timeout)[0]
         return value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        try:
-            exc = super().exception(timeout)
-        except cf.CancelledError:
-            raise CancelledError(f"{self.key} was cancelled"
-                                 + (f": {self._reason}" if self._reason else "")) from None
-        if type(exc) is Packed or type(self._result) is Packed:
-            exc = self._unpack()
-        return exc
-
-    def _unpack(self) -> BaseException | None:
-        """Unpickle a packed result or error, here (the caller's thread); the error."""
-        with _unpacking:
-            with self._condition:
-                value, exc = self._result, self._exception
-            if type(exc) is Packed:
-                made = exc.decode(*exc.args)
-                with self._condition:
-                    if self._exception is exc:
-                        self._exception = made
-            elif type(value) is Packed:
-                try:
-                    made, err = value.decode(*value.args), None
-                except Exception as e:   # cannot be unpickled here: the future says so
-                    made, err = None, e
-                with self._condition:
-                    if self._result is value:
-                        self._result, self._exception = made, err
-            return self._exception
-
-    def add_done_callback(self, fn: Any) -> None:
-        """As ``concurrent.futures``: ``fn(future)`` once done; at once on this thread if
-        done already, else on the client's callback thread (never on its loop)."""
-        runner = getattr(self.client, "_callbacks", None)
-        if runner is None or self.done():
-            super().add_done_callback(fn)
-        else:
-            super().add_done_callback(runner.wrap(fn))
+        return self._outcome(timeout)[1]
 
     def traceback(self, timeout: float | None = None) -> str | None:
         """The text of the remote traceback of a failed task (None if it did not fail).
@@ -215,74 +197,158 @@ class Future(BaseFuture):
         if client is not None:
             client._release(self.key)
 
-    # --- set by the client's loop thread ---------------------------------------------
+    # --- reading the outcome ---------------------------------------------------------
+    def _cancelled_error(self) -> CancelledError:
+        return CancelledError(f"{self.key} was cancelled"
+                              + (f": {self._reason}" if self._reason else ""))
+
+    def _outcome(self, timeout: float | None) -> tuple[Any, BaseException | None]:
+        """``(value, exception)`` once done, waiting ``timeout`` seconds at most;
+        raises CancelledError if it was cancelled, TimeoutError if it is not done."""
+        try:
+            value, exc = super().result(timeout), None      # (one lock: the common case)
+        except cf.CancelledError:
+            raise self._cancelled_error() from None
+        except BaseException:
+            if not self.done():
+                raise           # the wait timed out (or was interrupted)
+            value, exc = None, super().exception(0)        # the task's own exception
+        amended = self._amended
+        if amended is None:
+            if type(value) is Packed or type(exc) is Packed:
+                return self._unpack(value, exc)
+            return value, exc
+        if amended is _CANCELLED:
+            raise self._cancelled_error()
+        return amended
+
+    def _unpack(self, value: Any, exc: Any) -> tuple[Any, BaseException | None]:
+        """Unpickle a packed result or error here, on the caller's thread, once: what it
+        makes becomes the future's outcome (a result that cannot be unpickled here
+        fails its future with the reason)."""
+        with _unpacking:
+            if self._amended is None:
+                if type(exc) is Packed:
+                    outcome: tuple = (None, exc.decode(*exc.args))
+                else:
+                    try:
+                        outcome = (value.decode(*value.args), None)
+                    except Exception as e:
+                        outcome = (None, e)
+                with _changed:
+                    if self._amended is None:
+                        self._amended = outcome
+                        _changed.notify_all()
+            amended = self._amended
+        if amended is _CANCELLED:
+            raise self._cancelled_error()
+        return amended
+
+    def add_done_callback(self, fn: Any) -> None:
+        """As ``concurrent.futures``: ``fn(future)`` once done; at once on this thread if
+        done already, else on the client's callback thread (never on its loop)."""
+        runner = getattr(self.client, "_callbacks", None)
+        if runner is None or self.done():
+            super().add_done_callback(fn)
+        else:
+            super().add_done_callback(runner.wrap(fn))
+
+    def _now(self) -> Any:
+        """A done future's outcome, ``(value, exception)``, or ``_CANCELLED``. (Raises
+        nothing: a failed future's exception is not raised to be read.)"""
+        amended = self._amended
+        if amended is not None:
+            return amended
+        try:
+            exc = super().exception(0)
+        except cf.CancelledError:
+            return _CANCELLED
+        return (None, exc) if exc is not None else (super().result(0), None)
+
+    # --- the client package's side: set by its loop thread, read by its fetcher -----
+    def _remote(self) -> Remote | None:
+        """Where a done future's value still is, if on a worker."""
+        now = self._now() if self.done() else _CANCELLED
+        if now is not _CANCELLED and now[1] is None and isinstance(now[0], Remote):
+            return now[0]
+        return None
+
     def _needs_fetch(self) -> bool:
-        return self.done() and not self.cancelled() and isinstance(self._result, Remote)
+        return self._remote() is not None
 
     def _set_value(self, value: Any) -> None:
-        with self._condition:
-            if self._state == cf._base.FINISHED and self._exception is None:
-                self._result = value          # a fetched or recomputed value: keep it
-                self._condition.notify_all()  # a fetch waiting for the new place wakes
-                return
-        _complete(cf.Future.set_result, self, value)
+        """Its value; for a finished future a new one (fetched, or recomputed elsewhere),
+        unless it failed or was cancelled meanwhile."""
+        if not _complete(cf.Future.set_result, self, value):
+            self._amend(lambda v, e: e is None, (value, None))
 
     def _set_error(self, exc: BaseException) -> None:
-        with self._condition:
-            if self._state == cf._base.FINISHED and isinstance(self._result, Remote):
-                # Done, but its value was lost before we fetched it and cannot come back.
-                self._result, self._exception = None, exc
-                self._condition.notify_all()
-                return
-        _complete(cf.Future.set_exception, self, exc)
+        """Its exception; for a finished future only if its value was not fetched yet
+        (it was lost before we could, and cannot come back)."""
+        if not _complete(cf.Future.set_exception, self, exc):
+            self._amend(lambda v, e: e is None and isinstance(v, Remote), (None, exc))
 
     def _set_lost(self, exc: BaseException) -> None:
         """Its data is gone from the cluster for good: fail it even if it is finished
         with a value held here (scattered data), since tasks can no longer use it."""
-        with self._condition:
-            if self._state == cf._base.FINISHED and self._exception is None:
-                self._result, self._exception = None, exc
-                self._condition.notify_all()
-                return
-        _complete(cf.Future.set_exception, self, exc)
+        if not _complete(cf.Future.set_exception, self, exc):
+            self._amend(lambda v, e: e is None, (None, exc))
+
+    def _set_cancelled(self, reason: str) -> None:
+        """Loop thread only (so two cancellations never race). Cancelling a finished
+        future releases it, as in dask."""
+        if self.cancelled():
+            return
+        self._reason = reason
+        if cf.Future.cancel(self):
+            self.set_running_or_notify_cancel()
+        else:
+            self._amend(lambda v, e: True, _CANCELLED)
+
+    def _amend(self, allowed: Callable[[Any, Any], bool], outcome: Any) -> None:
+        """Change a done future's outcome to ``outcome`` if ``allowed(value, exception)``
+        of the present one. Most calls change nothing (failing futures that failed
+        already, when a client closes): they are answered without the lock."""
+        now = self._now()
+        if now is _CANCELLED or not allowed(*now):
+            return
+        with _changed:
+            now = self._now()           # again: another thread may have changed it
+            if now is not _CANCELLED and allowed(*now):
+                self._amended = outcome
+                _changed.notify_all()
 
     def _wait_moved(self, worker: str, deadline: float | None) -> bool:
         """After a failed fetch from ``worker``: wait (until ``deadline``) for the
         scheduler to say where the value is now, or that it failed. False on timeout."""
-        with self._condition:
-            while (isinstance(self._result, Remote) and self._result.worker == worker
-                   and self._exception is None):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._condition.wait(0.5 if left is None else min(left, 0.5))
-        return True
-
-    def _set_cancelled(self, reason: str) -> None:
-        """Loop thread only (so two cancellations never race)."""
-        with self._condition:
-            if self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED):
-                return
-            self._reason = reason
-            if self._state == cf._base.FINISHED:
-                # Cancelling a finished future releases it, as in dask.
-                self._state = cf._base.PENDING
-        if super().cancel():
-            self.set_running_or_notify_cancel()
+        def moved() -> bool:
+            remote = self._remote()
+            return remote is None or remote.worker != worker
+        with _changed:
+            return _changed.wait_for(moved, None if deadline is None
+                                     else max(0.0, deadline - time.monotonic()))
 
 
-def _complete(setter: Any, fut: cf.Future, value: Any) -> None:
+# A done future's outcome once cancelled after it finished (see Future).
+_CANCELLED = object()
+# Guards and announces every change of a finished future's outcome (see Future).
+_changed = threading.Condition(threading.Lock())
+
+
+def _complete(setter: Any, fut: cf.Future, value: Any) -> bool:
     """Complete ``fut`` unless it is done: the loop thread, a fetching thread and a
-    closing thread may race to it, and the first one wins."""
-    if not fut.done():
-        try:
-            setter(fut, value)
-        except cf.InvalidStateError:
-            pass
+    closing thread may race to it, and the first one wins. False for the others."""
+    if fut.done():
+        return False
+    try:
+        setter(fut, value)
+    except cf.InvalidStateError:
+        return False
+    return True
 
 
 def wait(fs: Iterable[cf.Future], timeout: float | None = None,
-         return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:
+         return_when: str = ALL_COMPLETED) -> tuple[set, set]:
     """``concurrent.futures.wait`` for mpnet futures (also accepts dask's names)."""
     return cf.wait(list(fs), timeout=timeout, return_when=return_when)
 
