@@ -1,8 +1,14 @@
-"""The client's actor methods: ``actor``, ``get_actor``, ``list_actors``, ``kill_actor``.
+"""A client's actors: ``actor``, ``get_actor``, ``list_actors``, ``kill_actor``, and the
+references its handles hold.
 
-Mixed into :class:`~mpnet.Client`. A client counts the handles it gave out per actor,
-and the calls through them not yet answered; when both are gone it tells the scheduler,
-which kills the actor unless it is ``lifetime="detached"`` or another client holds it.
+``Client`` hands these calls here. This object owns the client's
+:class:`~mpnet.client.actors.ActorCaller` (made on first use) and counts the handles it
+gave out per actor, and the calls through them not yet answered; when both are gone it
+tells the scheduler, which kills the actor unless it is ``lifetime="detached"`` or
+another client holds it. Of the client it needs the session (``check_open``,
+``request``, ``send``, and ``link`` on the loop thread), the loop, the config and token
+(for the caller's direct connections), and the client itself only to hand to handles
+and their results (what they call through).
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ from typing import Any, Iterable
 
 from ..comm.protocol import Msg
 from ..comm.serialize import dumps, encode_args
-
-from .actors import ActorCaller, ActorHandle, _resolve_futures, actor_methods, dead_error
+from ..lifecycle import Status
+from .actors import ActorCaller, ActorHandle, resolve_futures, actor_methods, dead_error
 from .futures import BaseFuture
 from .keys import task_options
+from .session import Session
 
-__all__ = ["ActorMixin", "ActorHandleFuture"]
+__all__ = ["ClientActors", "ActorHandleFuture"]
 
 
 class ActorHandleFuture(BaseFuture):
@@ -39,23 +46,28 @@ def _check_name(name: Any, what: str) -> str:
     return name
 
 
-class ActorMixin:
-    """Actor methods of :class:`~mpnet.Client` (uses its loop, config and scheduler)."""
+class ClientActors:
+    """The actor side of one client (``client``: what its handles call through)."""
 
-    _actor_lock = threading.Lock()     # only to make the caller once
+    def __init__(self, client: Any, session: Session, loop: Any, *, config: Any,
+                 token: Any, client_id: str):
+        self._client, self._session, self.loop = client, session, loop
+        self.config, self._token, self._id = config, token, client_id
+        self._caller: ActorCaller | None = None
+        self._caller_lock = threading.Lock()     # only to make the caller once
 
     @property
     def actor_caller(self) -> ActorCaller:
-        caller = self.__dict__.get("_caller")
+        caller = self._caller
         if caller is None:
-            with self._actor_lock:
-                caller = self.__dict__.get("_caller")
+            with self._caller_lock:
+                caller = self._caller
                 if caller is None:
-                    caller = self.__dict__["_caller"] = ActorCaller(
-                        self.loop, self.config, self.token,
-                        request=lambda *msg: self.scheduler.request(*msg),
-                        info={"id": self.id}, owner=self,
-                        on_unreferenced=self._actor_unreferenced)
+                    caller = self._caller = ActorCaller(
+                        self.loop, self.config, self._token,
+                        request=lambda *msg: self._session.link.request(*msg),
+                        info={"id": self._id}, owner=self._client,
+                        on_unreferenced=self._unreferenced)
         return caller
 
     def actor(self, cls: type, /, *args: Any, name: str | None = None, max_restarts: int = 0,
@@ -78,7 +90,7 @@ class ActorMixin:
         get-or-create; safe when clients race). Futures among the arguments are
         resolved first (this call waits for them).
         """
-        self._check_open("actor")
+        self._session.check_open("actor")
         if not isinstance(cls, type):
             raise TypeError(f"actor() needs a class, not {type(cls).__name__}")
         if name is not None:
@@ -98,7 +110,7 @@ class ActorMixin:
                                  f"{1 if name_ == 'max_concurrency' else 0}, not {value!r}")
         methods, _ = actor_methods(cls)
         key = f"{cls.__name__}-{uuid.uuid4().hex[:16]}"
-        args, kwargs = _resolve_futures(args, kwargs)
+        args, kwargs = resolve_futures(args, kwargs)
         args_payload, _ = encode_args(args, kwargs, oob_threshold=self.config.oob_threshold)
         if not hasattr(args_payload, "header"):       # plain lists: still one payload
             args_payload = dumps((args, kwargs), what="actor arguments")
@@ -108,7 +120,7 @@ class ActorMixin:
                    "cls_name": cls.__name__}
         cls_payload = dumps(cls, what="actor class")
         if name is not None:     # the scheduler checks the name, once, for every client
-            info = self._request(Msg.CREATE_NAMED_ACTOR, key, name, cls_payload,
+            info = self._session.request(Msg.CREATE_NAMED_ACTOR, key, name, cls_payload,
                                  args_payload, options, get_if_exists)
             if "refused" in info:
                 raise ValueError(info["refused"])
@@ -119,11 +131,11 @@ class ActorMixin:
                                    max_task_retries, caller=self.actor_caller, owner=self)
         self._hold_actor(key)
         if name is None:
-            self._send([Msg.CREATE_ACTOR, key, name, cls_payload, args_payload, options])
+            self._session.send([Msg.CREATE_ACTOR, key, name, cls_payload, args_payload, options])
         return ActorHandle(key, name, cls.__name__, methods, max_task_retries,
                            caller=self.actor_caller, owner=self)
 
-    def _submit_actor(self, cls: type, args: tuple, kwargs: dict, **options: Any) -> BaseFuture:
+    def submit(self, cls: type, args: tuple, kwargs: dict, **options: Any) -> BaseFuture:
         """dask's form, ``submit(cls, *args, actor=True)``: a future of the handle."""
         handle = self.actor(cls, *args, **options, **kwargs)
         fut = ActorHandleFuture()
@@ -136,17 +148,17 @@ class ActorMixin:
             else:
                 fut.set_exception(dead_error(handle.key, reply.result()))
         self.loop.call_soon_threadsafe(
-            lambda: self.scheduler.request(Msg.LOOKUP_ACTOR, handle.key)
+            lambda: self._session.link.request(Msg.LOOKUP_ACTOR, handle.key)
             .add_done_callback(answered))
         return fut
 
     def get_actor(self, name: str, timeout: float | None = None) -> ActorHandle:
         """The handle of a named actor (waits while it is being placed). ValueError if
         no actor has that name."""
-        self._check_open("get_actor")
+        self._session.check_open("get_actor")
         if not isinstance(name, str) or not name:
             raise ValueError(f"get_actor() needs the name of an actor, not {name!r}")
-        info = self._request(Msg.LOOKUP_ACTOR, name, timeout=timeout)
+        info = self._session.request(Msg.LOOKUP_ACTOR, name, timeout=timeout)
         if info["key"] is None:
             raise ValueError(f"no actor is named {name!r} (list_actors() shows the live "
                              "ones)")
@@ -154,43 +166,46 @@ class ActorMixin:
             raise dead_error(name, info)
         key = info["key"]
         self._hold_actor(key)
-        self._send([Msg.CREATE_ACTOR, key, None, None, None, {}])     # hold it too
+        self._session.send([Msg.CREATE_ACTOR, key, None, None, None, {}])     # hold it too
         methods = frozenset(info.get("methods") or ())
         return ActorHandle(key, info.get("name"), info.get("cls_name") or "Actor", methods,
                            caller=self.actor_caller, owner=self)
 
     def list_actors(self) -> list[dict]:
         """Every live actor: key, name, status, address, restarts."""
-        self._check_open("list_actors")
-        return self._request(Msg.LIST_ACTORS)
+        self._session.check_open("list_actors")
+        return self._session.request(Msg.LIST_ACTORS)
 
     def kill_actor(self, handle: ActorHandle) -> bool:
         """Stop an actor now; its resources are freed and later calls fail."""
-        self._check_open("kill_actor")
-        return self._request(Msg.KILL_ACTOR, handle.key)
+        self._session.check_open("kill_actor")
+        return self._session.request(Msg.KILL_ACTOR, handle.key)
 
     # --- counting handles -------------------------------------------------------------
     # Counted on the loop thread only: __del__ may run in any thread, at any allocation,
     # even inside a lock that thread holds, so it must take none; it just queues.
     def _hold_actor(self, key: str) -> None:
-        self.loop.call_soon_threadsafe(self._count_actor_handle, key, 1)
+        self.loop.call_soon_threadsafe(self._count, key, 1)
 
-    def _release_actor_handle(self, key: str) -> None:
+    def release_handle(self, key: str) -> None:
         """From ``ActorHandle.__del__``, any thread."""
-        if self.status != "open":
+        if self._session.status != Status.OPEN:
             return
         try:
-            self.loop.call_soon_threadsafe(self._count_actor_handle, key, -1)
+            self.loop.call_soon_threadsafe(self._count, key, -1)
         except RuntimeError:   # interpreter shutting down
             pass
 
-    def _count_actor_handle(self, key: str, change: int) -> None:
+    def _count(self, key: str, change: int) -> None:
         self.actor_caller.count(key, change)
 
-    def _actor_unreferenced(self, key: str) -> None:
+    def _unreferenced(self, key: str) -> None:
         """Loop thread: no handle and no unanswered call of this client holds it."""
-        if not self.scheduler.closed:
-            self.scheduler.send([Msg.RELEASE_ACTOR, key])
+        link = self._session.link
+        if not link.closed:
+            link.send([Msg.RELEASE_ACTOR, key])
 
-
-
+    def close_on_loop(self) -> None:
+        """Loop thread: calls in flight fail; worker connections close."""
+        if self._caller is not None:
+            self._caller.close()

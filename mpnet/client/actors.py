@@ -25,6 +25,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from .. import context
 from ..comm.connection import Connection
 from ..comm.pool import Pool
 from ..comm.fields import check_fields
@@ -38,7 +39,8 @@ from .structures import flatten, rebuild
 # to the client that fetched them (see ``binding``).
 _binding = threading.local()
 
-__all__ = ["ActorHandle", "ActorFuture", "ActorCaller", "actor_methods"]
+__all__ = ["ActorHandle", "ActorFuture", "ActorCaller", "actor_methods", "resolve_futures",
+           "binding", "dead_error"]
 
 log = logging.getLogger("mpnet.actors")
 
@@ -51,7 +53,8 @@ class ActorFuture(BaseFuture):
         self.key, self.method = key, method
 
     def __repr__(self) -> str:
-        return f"<mpnet.ActorFuture {self.key}.{self.method} {self._state.lower()}>"
+        state = "cancelled" if self.cancelled() else "finished" if self.done() else "pending"
+        return f"<mpnet.ActorFuture {self.key}.{self.method} {state}>"
 
 
 def actor_methods(cls: type) -> tuple[frozenset, bool]:
@@ -241,7 +244,7 @@ class ActorCaller:
         self._queued.clear()
 
 
-def _resolve_futures(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+def resolve_futures(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Futures among the arguments (inside lists, tuples, dicts too) become their values
     first: the call is sent once they are done (this blocks the caller until then)."""
     futures = [f for f in flatten([args, kwargs]) if isinstance(f, Future)]
@@ -296,8 +299,11 @@ class ActorHandle:
         self._key, self._name, self._cls_name = key, name, cls_name
         self._methods, self._retries = methods, max_task_retries
         self._caller = caller          # resolved lazily in other processes
-        self._owner = owner            # the Client whose reference this handle counts
-        self._via = owner              # the Client it calls and kills through, if known
+        # What counts this handle's reference (a client's actors: ``release_handle``),
+        # and what it calls and kills through (``actor_caller``, ``kill_actor``): the
+        # same object for a handle made here, the fetching client for one unpickled.
+        self._owner = owner
+        self._via = owner
 
     @property
     def key(self) -> str:
@@ -316,8 +322,7 @@ class ActorHandle:
             if self._via is not None:
                 self._caller = self._via.actor_caller
             else:
-                from ..context import current_caller
-                self._caller = current_caller()
+                self._caller = context.current_caller()
         return self._caller
 
     def __dir__(self) -> list[str]:
@@ -328,7 +333,7 @@ class ActorHandle:
             raise AttributeError(name)
         if name in self._methods:
             def method(*args: Any, **kwargs: Any) -> ActorFuture:
-                args, kwargs = _resolve_futures(args, kwargs)
+                args, kwargs = resolve_futures(args, kwargs)
                 return self._get_caller().call(self._key, name, args, kwargs,
                                                retries=self._retries)
             method.__name__ = name
@@ -338,8 +343,7 @@ class ActorHandle:
     def kill(self) -> None:
         """Stop the actor now (its resources are freed; later calls fail)."""
         if self._via is None:
-            from ..context import current_client
-            current_client().kill_actor(self)
+            context.current_client().kill_actor(self)
         else:
             self._via.kill_actor(self)
 
@@ -350,4 +354,4 @@ class ActorHandle:
     def __del__(self) -> None:
         owner = self._owner
         if owner is not None:
-            owner._release_actor_handle(self._key)
+            owner.release_handle(self._key)

@@ -18,36 +18,52 @@ top of ``session.py``: every change takes it, the loop thread alone replaces the
 no user code runs while it is held, and ``Future.__del__`` never takes it. Everything
 else a client holds is either set once in ``__init__`` or owned by the loop thread
 (worker connections in ``fetch.py``, actor calls in ``actors.py``).
+
+**Parts.** A client is composed, not mixed in: it submits, gathers and scatters here,
+and hands every other call to one part, each in a file of its own, each given only what
+it needs::
+
+    Client ─┬─ Session      session.py      status, scheduler link, futures table
+            ├─ Fetcher      fetch.py        large results, directly from workers
+            ├─ ClientActors actor_api.py    actors, their handles and references
+            ├─ Operations   operations.py   run, restarts, retirement, plugins, versions
+            └─ Monitoring   monitoring.py   status, task stream, logs, notebook view
+
+The futures call back into the client through three methods only (``_fetch``,
+``_release``, ``_try_cancel``: ``futures.Owner``); the parts never call each other.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import itertools
 import logging
 import multiprocessing
 import uuid
 import warnings
+from html import escape
 from typing import Any, Callable, Iterable
 
 from ..comm import tls
 from ..comm.auth import resolve_token, token_arg
 from ..comm.eventloop import EventLoop
 from ..comm.protocol import Msg
+from .. import context
 from ..comm.serialize import Payload, dumps, dumps_task_args
 from ..config import Config, make_config, tune_gc
-from ..errors import FrameTooLargeError, WorkerLostError
-from .. import context
-from .actor_api import ActorMixin
+from ..errors import FrameTooLargeError
+from ..lifecycle import Status
+from .actor_api import ClientActors
 from .callbacks import CallbackThread
 from .fetch import Fetcher
 from .keys import FunctionCache, check_key, task_options, track_for_exit, untrack
 from .keys import recipe as task_recipe
-from .monitoring import MonitoringMixin
-from .operations import OperationsMixin
+from .monitoring import Monitoring
+from .operations import Operations
 from .futures import Future, as_completed, wait
 from .session import Session
-from .structures import ClientExecutor, bind, flatten, rebuild, unwrap
+from .structures import ClientExecutor, flatten, rebuild
 
 __all__ = ["Client"]
 
@@ -64,7 +80,18 @@ def _funcname(fn: Any) -> str:
     return name if name != "<lambda>" else "lambda"
 
 
-class Client(ActorMixin, OperationsMixin, MonitoringMixin):
+def _by(part: str, method: Callable) -> Any:
+    """A method of Client that hands the call to its part ``part`` (an attribute), with
+    ``method``'s name, signature and docstring."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def handed(self: "Client", /, *args: Any, **kwargs: Any) -> Any:
+        return getattr(getattr(self, part), name)(*args, **kwargs)
+    return handed
+
+
+class Client:
     """Connect to a cluster: ``Client(address | cluster, *, scheduler_file=, token=,
     timeout=)``. ``timeout`` (seconds) bounds connecting; it defaults to
     ``config.connect_timeout`` (10 s)."""
@@ -92,7 +119,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             scheduler = getattr(cluster, "scheduler", None)
             inproc = scheduler if hasattr(scheduler, "connect_inproc") and loop else None
         if scheduler_file is not None:
-            from ..deploy.scheduler_file import read_scheduler_file
+            from ..scheduler_file import read_scheduler_file
             found = read_scheduler_file(scheduler_file, timeout=timeout)
             address, file_token = found["address"], found.get("token")
         if address is None:
@@ -111,6 +138,10 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         self._callbacks = CallbackThread(f"mpnet-client-callbacks-{self.id[7:]}")
         self._fetcher = Fetcher(self, self.loop, config=self.config, token=self.token,
                                 client_id=self.id, dispatch=self._session.dispatch)
+        self._actors = ClientActors(self, self._session, self.loop, config=self.config,
+                                    token=self.token, client_id=self.id)
+        self._operations = Operations(self._session, self.loop)
+        self._monitoring = Monitoring(self._session)
         tune_gc(self.config)
         self._callbacks.start()
         self.loop.start()
@@ -139,7 +170,8 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
 
     # --- the session (session.py): status, scheduler link, futures table ------------
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
+        """``connecting``, ``open``, ``reconnecting``, ``disconnected`` or ``closed``."""
         return self._session.status
 
     @property
@@ -152,15 +184,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
     def _futures(self) -> Any:
         return self._session.futures
 
-    def _check_open(self, what: str) -> None:
-        self._session.check_open(what)
-
-    def _send(self, msg: list) -> None:
-        self._session.send(msg)
-
-    def _request(self, *msg: Any, timeout: float | None = None) -> Any:
-        return self._session.request(*msg, timeout=timeout)
-
+    # --- what futures call back (futures.Owner) -------------------------------------
     def _release(self, key: str) -> None:
         self._session.release(key)
 
@@ -188,12 +212,12 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
         task: submitting the same computation under a key that exists gives the existing
         future; a different computation under it raises :class:`~mpnet.KeyConflictError`.
         """
-        self._check_open("submit")
+        self._session.check_open("submit")
         if not callable(fn):
             raise TypeError(f"submit() needs a callable first, not {type(fn).__name__}")
         resources, workers = task_options(resources, workers, priority, retries)
         if actor:
-            return self._submit_actor(fn, args, kwargs, resources=resources, workers=workers)
+            return self._actors.submit(fn, args, kwargs, resources=resources, workers=workers)
         if key is not None:
             check_key(key)
         return self._submit(fn, args, kwargs, key, priority, retries, resources, workers)
@@ -225,7 +249,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
 
         ``key`` is a prefix (each call adds a suffix of its own, so two calls never
         share keys) or a list of keys, one per task."""
-        self._check_open("map")
+        self._session.check_open("map")
         if isinstance(key, list):
             return [self.submit(fn, *args, key=k, retries=retries, priority=priority,
                                 **kwargs) for k, args in zip(key, zip(*iterables))]
@@ -270,7 +294,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
 
     def scatter(self, data: Any, workers: Iterable[str] | None = None) -> Any:
         """Put local data on workers: a list gives a list of futures, a dict a dict."""
-        self._check_open("scatter")
+        self._session.check_open("scatter")
         if isinstance(data, range):
             data = list(data)          # as dask: a range scatters as a list
         if isinstance(data, dict):
@@ -284,7 +308,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
                                  what="scattered data"), k, self.config.max_frame_bytes)]
                  for k, v in zip(keys, values)]
         futures = [self._session.add(k, None, None, "scatter") for k in keys]
-        self._request(Msg.SCATTER, items, list(workers) if workers else None)
+        self._session.request(Msg.SCATTER, items, list(workers) if workers else None)
         for fut, v in zip(futures, values):
             fut._set_value(v)
         if isinstance(data, dict):
@@ -302,13 +326,13 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             futures = list(futures)
         keys = [f.key for f in flatten(futures) if isinstance(f, Future)]
         if keys:
-            self._send([Msg.CANCEL, keys, reason])
+            self._session.send([Msg.CANCEL, keys, reason])
 
     def _try_cancel(self, futures: list[Future]) -> set[str]:
         """The stdlib's cancel for ``futures``: the keys cancelled (those that had not
         started). One round trip to the scheduler, which asks the workers concerned."""
         futures = [f for f in futures if not f.done()]
-        if not futures or self.status != "open":
+        if not futures or self.status != Status.OPEN:
             return set()
         if self.loop.in_loop_thread():
             raise RuntimeError("Future.cancel() cannot wait for the cluster's answer on "
@@ -341,38 +365,30 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
     def as_completed(self, futures: Iterable[Future] = (), **kw: Any) -> as_completed:
         return as_completed(futures, **kw)
 
-    # --- running functions everywhere -------------------------------------------------
-    def run(self, fn: Callable, /, *args: Any, workers: Iterable[str] | None = None,
-            timeout: float | None = None, **kwargs: Any) -> dict:
-        """Call ``fn(*args, **kwargs)`` once on every worker: ``{address: result}``.
+    # --- handed to the parts ---------------------------------------------------------
+    actor = _by("_actors", ClientActors.actor)
+    get_actor = _by("_actors", ClientActors.get_actor)
+    list_actors = _by("_actors", ClientActors.list_actors)
+    kill_actor = _by("_actors", ClientActors.kill_actor)
+    actor_caller = property(lambda self: self._actors.actor_caller,
+                            doc="This client's caller of actors (made on first use).")
 
-        ``fn`` may take ``mpnet_worker`` (or ``dask_worker``) to get the Worker object.
-        """
-        self._check_open("run")
-        payload = dumps(bind(fn, args, kwargs), what="function")
-        if isinstance(workers, str):
-            workers = [workers]
-        replies = self._request(Msg.RUN, payload, None if workers is None else list(workers),
-                                timeout=timeout)
-        out = {}
-        for address, ok, value in replies:
-            if not ok:
-                raise WorkerLostError(f"worker {address} did not answer run(): {value}")
-            out[address] = unwrap(value)
-        return out
+    run = _by("_operations", Operations.run)
+    run_on_scheduler = _by("_operations", Operations.run_on_scheduler)
+    scheduler_info = _by("_operations", Operations.scheduler_info)
+    restart = _by("_operations", Operations.restart)
+    restart_workers = _by("_operations", Operations.restart_workers)
+    retire_workers = _by("_operations", Operations.retire_workers)
+    register_plugin = _by("_operations", Operations.register_plugin)
+    get_versions = _by("_operations", Operations.get_versions)
 
-    def run_on_scheduler(self, fn: Callable, /, *args: Any, timeout: float | None = None,
-                         **kwargs: Any) -> Any:
-        """Call ``fn`` in the scheduler's process (it may take ``mpnet_scheduler``)."""
-        self._check_open("run_on_scheduler")
-        payload = dumps(bind(fn, args, kwargs), what="function")
-        return unwrap(self._request(Msg.RUN_ON_SCHEDULER, payload, timeout=timeout))
+    get_status = _by("_monitoring", Monitoring.get_status)
+    get_task_stream = _by("_monitoring", Monitoring.get_task_stream)
+    get_scheduler_logs = _by("_monitoring", Monitoring.get_scheduler_logs)
+    get_worker_logs = _by("_monitoring", Monitoring.get_worker_logs)
 
-    def scheduler_info(self, timeout: float | None = None) -> dict:
-        """``{"id", "address", "started" (a ``time.time()``), "workers": {address:
-        details}, ...}`` as in dask."""
-        self._check_open("scheduler_info")
-        return self._request(Msg.INFO, timeout=timeout)
+    def _repr_html_(self) -> str:
+        return self._monitoring.html(f"Client {escape(self.id)}", self.scheduler_address)
 
     def get_executor(self, **submit_kwargs: Any) -> "ClientExecutor":
         """A ``concurrent.futures.Executor`` that submits through this client."""
@@ -382,7 +398,7 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
     def _finish_at_exit(self) -> None:
         """Interpreter exit: wait for the work still wanted, then close. (Not in a
         worker process: its clients belong to tasks that are gone.)"""
-        if self.status == "open" and multiprocessing.parent_process() is None:
+        if self.status == Status.OPEN and multiprocessing.parent_process() is None:
             pending = [f for f in self._session.snapshot() if not f.done()]
             if pending:
                 cf.wait(pending)
@@ -403,8 +419,6 @@ class Client(ActorMixin, OperationsMixin, MonitoringMixin):
             self.loop.close()
 
     def _close_on_loop(self) -> None:
-        caller = self.__dict__.get("_caller")
-        if caller is not None:
-            caller.close()
+        self._actors.close_on_loop()
         self._fetcher.close_on_loop()
         self._session.close_on_loop()

@@ -1,8 +1,9 @@
-"""The client's read-only views of the cluster: status snapshot, task stream, logs, and
-how a Client shows itself in a notebook.
+"""A client's read-only views of the cluster: status snapshot, task stream, logs, and
+the small table a Client or a cluster shows in a notebook.
 
-Mixed into :class:`~mpnet.Client`; each call is one request to the scheduler (which, for
-worker logs, asks every worker and nanny and answers once they all have).
+``Client`` hands these calls here. Each is one request to the scheduler (which, for
+worker logs, asks every worker and nanny and answers once they all have); this object
+needs only the client's session (``check_open`` and ``request``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ from html import escape
 from typing import Iterable
 
 from ..comm.protocol import Msg
+from ..lifecycle import Status
+from .session import Session
 
-__all__ = ["MonitoringMixin", "cluster_html"]
+__all__ = ["Monitoring", "cluster_html"]
 
 
-class MonitoringMixin:
+class Monitoring:
+    """The read-only views of one client, through its ``session``."""
+
+    def __init__(self, session: Session):
+        self._session = session
+
     def get_status(self, *, history: bool = False, events: int = 20,
                    timeout: float | None = None) -> dict:
         """The cluster now, as ``mpnet status --json`` prints it (see docs/monitoring.md).
@@ -23,40 +31,41 @@ class MonitoringMixin:
         ``history`` adds each worker's CPU and memory over the last minute; ``events`` is
         how many recent events (worker deaths, restarts, pauses, clients) to include.
         """
-        self._check_open("get_status")
-        return self._request(Msg.STATUS, {"history": history, "events": events},
-                             timeout=timeout)
+        self._session.check_open("get_status")
+        return self._session.request(Msg.STATUS, {"history": history, "events": events},
+                                     timeout=timeout)
 
     def get_task_stream(self, since: float = 0.0, n: int | None = None,
                         timeout: float | None = None) -> list[dict]:
         """Recent task runs, oldest first: ``{"function", "key", "worker", "start",
         "stop", "status"}`` (times from ``time.time()``, stop after ``since``; the
         scheduler keeps the last 10,000)."""
-        self._check_open("get_task_stream")
-        return self._request(Msg.TASK_STREAM, since, n, timeout=timeout)
+        self._session.check_open("get_task_stream")
+        return self._session.request(Msg.TASK_STREAM, since, n, timeout=timeout)
 
     def get_scheduler_logs(self, n: int = 100, timeout: float | None = None) -> list:
         """The scheduler's last ``n`` log lines: ``[time, level, logger, text]``."""
-        self._check_open("get_scheduler_logs")
-        return self._request(Msg.GET_LOGS, "scheduler", n, None, timeout=timeout)
+        self._session.check_open("get_scheduler_logs")
+        return self._session.request(Msg.GET_LOGS, "scheduler", n, None, timeout=timeout)
 
     def get_worker_logs(self, n: int = 100, workers: Iterable[str] | None = None,
                         timeout: float | None = None) -> dict:
         """``{worker address: [[time, level, logger, text], ...]}``: each worker's last
         ``n`` log lines. Without ``workers``, also ``"nanny <address>"`` entries: the
         nannies' lines say how and why their worker died."""
-        self._check_open("get_worker_logs")
-        return self._request(Msg.GET_LOGS, "workers", n,
-                             list(workers) if workers is not None else None,
-                             timeout=timeout)
+        self._session.check_open("get_worker_logs")
+        return self._session.request(Msg.GET_LOGS, "workers", n,
+                                     list(workers) if workers is not None else None,
+                                     timeout=timeout)
 
-    def _repr_html_(self) -> str:
+    def html(self, title: str, address: str) -> str:
+        """``cluster_html`` of the cluster now (without figures if it cannot answer)."""
         try:
-            snap = self.get_status(events=0, timeout=2) if self.status == "open" else None
+            snap = (self.get_status(events=0, timeout=2)
+                    if self._session.status == Status.OPEN else None)
         except Exception:        # a notebook repr must never raise
             snap = None
-        return cluster_html(f"Client {escape(self.id)}", self.scheduler_address,
-                            self.status, snap)
+        return cluster_html(title, address, self._session.status, snap)
 
 
 def _bytes(n: float) -> str:

@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from ..comm.serialize import loads, loads_exception
+from ..lifecycle import Status
 from .futures import Future
 
 __all__ = ["ClientExecutor", "bind", "unwrap", "flatten", "rebuild"]
@@ -20,7 +21,7 @@ class Submitter(Protocol):
     """What the executor needs of a client."""
 
     loop: Any
-    status: str
+    status: Status
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future: ...
     def _try_cancel(self, futures: list) -> set: ...
@@ -44,7 +45,7 @@ class ClientExecutor(cf.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-        if self.client.status == "closed":   # the Executor's contract: RuntimeError
+        if self.client.status == Status.CLOSED:   # the Executor's contract: RuntimeError
             raise RuntimeError("cannot schedule new futures after shutdown: the client "
                                "is closed (at interpreter exit, or by close())")
         if _SUBMIT_OPTIONS.isdisjoint(kwargs):
