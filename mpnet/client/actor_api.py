@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from ..comm.protocol import Msg
 from ..comm.serialize import dumps, encode_args
+from ..errors import CommClosedError
 from ..lifecycle import Status
 from .actors import ActorCaller, ActorHandle, resolve_futures, actor_methods, dead_error
 from .futures import BaseFuture
@@ -65,10 +66,21 @@ class ClientActors:
                 if caller is None:
                     caller = self._caller = ActorCaller(
                         self.loop, self.config, self._token,
-                        request=lambda *msg: self._session.link.request(*msg),
+                        request=self._request_on_loop,
                         info={"id": self._id}, owner=self._client,
                         on_unreferenced=self._unreferenced)
         return caller
+
+    def _request_on_loop(self, *msg: Any) -> cf.Future:
+        """Loop thread: a request on the scheduler link; failed at once between links
+        (while reconnecting), as on a closed link."""
+        link = self._session.link
+        if link is None:
+            failed: cf.Future = cf.Future()
+            failed.set_exception(CommClosedError("not connected to the scheduler "
+                                                 "(reconnecting)"))
+            return failed
+        return link.request(*msg)
 
     def actor(self, cls: type, /, *args: Any, name: str | None = None, max_restarts: int = 0,
               max_task_retries: int = 0, max_concurrency: int = 1,
@@ -148,7 +160,7 @@ class ClientActors:
             else:
                 fut.set_exception(dead_error(handle.key, reply.result()))
         self.loop.call_soon_threadsafe(
-            lambda: self._session.link.request(Msg.LOOKUP_ACTOR, handle.key)
+            lambda: self._request_on_loop(Msg.LOOKUP_ACTOR, handle.key)
             .add_done_callback(answered))
         return fut
 
@@ -202,7 +214,7 @@ class ClientActors:
     def _unreferenced(self, key: str) -> None:
         """Loop thread: no handle and no unanswered call of this client holds it."""
         link = self._session.link
-        if not link.closed:
+        if link is not None and not link.closed:
             link.send([Msg.RELEASE_ACTOR, key])
 
     def close_on_loop(self) -> None:

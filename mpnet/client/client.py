@@ -348,8 +348,11 @@ class Client:
                     if f.key in cancelled:
                         f._set_cancelled(reason)
                 answer.set_result(cancelled)
-            self.scheduler.request(Msg.TRY_CANCEL, [f.key for f in futures]
-                                   ).add_done_callback(answered)
+            link = self.scheduler
+            if link is None:        # between links (reconnecting): nothing was cancelled
+                answer.set_result(set())
+                return
+            link.request(Msg.TRY_CANCEL, [f.key for f in futures]).add_done_callback(answered)
         self.loop.call_soon_threadsafe(on_loop)
         cancelled = answer.result()
         if cancelled:          # their callbacks have run when cancel() returns (stdlib)
