@@ -121,3 +121,19 @@ def test_the_client_package_has_no_import_circle():
             visit(nxt, path + [node])
     for module in graph:
         visit(module, [])
+
+
+def test_actor_requests_between_links_fail_at_once():
+    """While the client reconnects its session has no link: a request the actors part
+    makes on the loop thread fails as on a closed link, instead of raising
+    AttributeError on the loop (where nobody would see it, and the call would wait)."""
+    from mpnet.client.actor_api import ClientActors
+    from mpnet.comm.protocol import Msg
+    from mpnet.errors import CommClosedError
+
+    class Reconnecting:
+        link = None
+    actors = ClientActors(None, Reconnecting(), loop=None, config=None, token=None,
+                          client_id="client-test")
+    reply = actors._request_on_loop(Msg.LOOKUP_ACTOR, "Counter-1")
+    assert isinstance(reply.exception(timeout=0), CommClosedError)
