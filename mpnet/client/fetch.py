@@ -89,11 +89,7 @@ class Fetcher:
                         raise WorkerLostError(
                             f"could not fetch {f.key} from worker {worker}, which probably "
                             f"died, and it was not computed again within {timeout}s")
-        outcomes = [f._outcome(0) for f in futures]
-        for _, exc in outcomes:
-            if exc is not None:
-                raise exc
-        return [value for value, _ in outcomes]
+        return [f._settled() for f in futures]
 
     def _get_data(self, worker: str, keys: list[str]) -> cf.Future:
         """Loop thread: GET_DATA on the pooled direct connection to ``worker``."""

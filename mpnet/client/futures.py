@@ -140,15 +140,48 @@ class Future(BaseFuture):
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value (``timeout`` in seconds); re-raises its exception."""
-        value, exc = self._outcome(timeout)
-        if exc is not None:
-            raise exc
+        try:
+            value = super().result(timeout)
+        except cf.CancelledError:
+            raise self._cancelled_error() from None
+        except BaseException:
+            if not self.done():
+                raise        # the wait timed out (or was interrupted)
+            if self._amended is None:
+                packed = super().exception(0)
+                if type(packed) is not Packed:
+                    raise    # the task's own exception
+                self._unpack(None, packed)
+            value = None
+        else:
+            if type(value) is Packed and self._amended is None:
+                self._unpack(value, None)
+        amended = self._amended
+        if amended is not None:
+            if amended is _CANCELLED:
+                raise self._cancelled_error()
+            value, exc = amended
+            if exc is not None:
+                raise exc
         if isinstance(value, Remote):
             value = self.client._fetch([self], timeout)[0]
         return value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self._outcome(timeout)[1]
+        try:
+            exc = super().exception(timeout)
+        except cf.CancelledError:
+            raise self._cancelled_error() from None
+        amended = self._amended
+        if amended is None:
+            if type(exc) is Packed:
+                return self._unpack(None, exc)[1]
+            if exc is None and type(super().result(0)) is Packed:
+                return self._unpack(super().result(0), None)[1]
+            return exc
+        if amended is _CANCELLED:
+            raise self._cancelled_error()
+        return amended[1]
 
     def traceback(self, timeout: float | None = None) -> str | None:
         """The text of the remote traceback of a failed task (None if it did not fail).
@@ -202,32 +235,12 @@ class Future(BaseFuture):
         return CancelledError(f"{self.key} was cancelled"
                               + (f": {self._reason}" if self._reason else ""))
 
-    def _outcome(self, timeout: float | None) -> tuple[Any, BaseException | None]:
-        """``(value, exception)`` once done, waiting ``timeout`` seconds at most;
-        raises CancelledError if it was cancelled, TimeoutError if it is not done."""
-        try:
-            value, exc = super().result(timeout), None      # (one lock: the common case)
-        except cf.CancelledError:
-            raise self._cancelled_error() from None
-        except BaseException:
-            if not self.done():
-                raise           # the wait timed out (or was interrupted)
-            value, exc = None, super().exception(0)        # the task's own exception
-        amended = self._amended
-        if amended is None:
-            if type(value) is Packed or type(exc) is Packed:
-                return self._unpack(value, exc)
-            return value, exc
-        if amended is _CANCELLED:
-            raise self._cancelled_error()
-        return amended
-
     def _unpack(self, value: Any, exc: Any) -> tuple[Any, BaseException | None]:
         """Unpickle a packed result or error here, on the caller's thread, once: what it
         makes becomes the future's outcome (a result that cannot be unpickled here
         fails its future with the reason)."""
         with _unpacking:
-            if self._amended is None:
+            if self._amended is None:      # (not made by another thread meanwhile)
                 if type(exc) is Packed:
                     outcome: tuple = (None, exc.decode(*exc.args))
                 else:
@@ -264,6 +277,18 @@ class Future(BaseFuture):
         except cf.CancelledError:
             return _CANCELLED
         return (None, exc) if exc is not None else (super().result(0), None)
+
+    def _settled(self) -> Any:
+        """A done future's value as it is now (a :class:`Remote` if not fetched);
+        raises its exception, or CancelledError."""
+        now = self._now()
+        if now is not _CANCELLED and (type(now[0]) is Packed or type(now[1]) is Packed):
+            now = self._unpack(*now)        # (a user's thread: gather)
+        if now is _CANCELLED:
+            raise self._cancelled_error()
+        if now[1] is not None:
+            raise now[1]
+        return now[0]
 
     # --- the client package's side: set by its loop thread, read by its fetcher -----
     def _remote(self) -> Remote | None:
