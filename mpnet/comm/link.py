@@ -39,7 +39,7 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from ..config import Config
-from ..errors import CommClosedError, ConnectTimeoutError, LinkLostError
+from ..errors import ConnectTimeoutError, LinkLostError
 from ..lifecycle import Lifecycle, Status
 from .addressing import parse_address
 from .connection import Connection
