@@ -147,22 +147,11 @@ class Future(BaseFuture):
         except BaseException:
             if not self.done():
                 raise        # the wait timed out (or was interrupted)
-            if self._amended is None:
-                packed = super().exception(0)
-                if type(packed) is not Packed:
-                    raise    # the task's own exception
-                self._unpack(None, packed)
-            value = None
-        else:
-            if type(value) is Packed and self._amended is None:
-                self._unpack(value, None)
-        amended = self._amended
-        if amended is not None:
-            if amended is _CANCELLED:
-                raise self._cancelled_error()
-            value, exc = amended
-            if exc is not None:
-                raise exc
+            if self._amended is None and type(super().exception(0)) is not Packed:
+                raise        # the task's own exception
+            value = _PACKED_ERROR
+        if self._amended is not None or type(value) is Packed or value is _PACKED_ERROR:
+            value = self._settled()
         if isinstance(value, Remote):
             value = self.client._fetch([self], timeout)[0]
         return value
@@ -172,16 +161,13 @@ class Future(BaseFuture):
             exc = super().exception(timeout)
         except cf.CancelledError:
             raise self._cancelled_error() from None
-        amended = self._amended
-        if amended is None:
-            if type(exc) is Packed:
-                return self._unpack(None, exc)[1]
-            if exc is None and type(super().result(0)) is Packed:
-                return self._unpack(super().result(0), None)[1]
-            return exc
-        if amended is _CANCELLED:
+        if self._amended is None and type(exc) is not Packed and (
+                exc is not None or type(super().result(0)) is not Packed):
+            return exc       # the common case: as it came
+        now = self._unpack()
+        if now is _CANCELLED:
             raise self._cancelled_error()
-        return amended[1]
+        return now[1]
 
     def traceback(self, timeout: float | None = None) -> str | None:
         """The text of the remote traceback of a failed task (None if it did not fail).
@@ -235,12 +221,19 @@ class Future(BaseFuture):
         return CancelledError(f"{self.key} was cancelled"
                               + (f": {self._reason}" if self._reason else ""))
 
-    def _unpack(self, value: Any, exc: Any) -> tuple[Any, BaseException | None]:
-        """Unpickle a packed result or error here, on the caller's thread, once: what it
-        makes becomes the future's outcome (a result that cannot be unpickled here
-        fails its future with the reason)."""
+    def _unpack(self) -> Any:
+        """The outcome as :meth:`_now` gives it, with a packed result or error unpickled
+        here (the caller's thread), once: what it makes becomes the future's outcome; a
+        result that cannot be unpickled here fails its future with the reason. A value
+        delivered again (recomputed after a loss) may come packed too."""
         with _unpacking:
-            if self._amended is None:      # (not made by another thread meanwhile)
+            while True:
+                before = self._amended
+                now = self._now()
+                if now is _CANCELLED or (type(now[0]) is not Packed and
+                                         type(now[1]) is not Packed):
+                    return now
+                value, exc = now
                 if type(exc) is Packed:
                     outcome: tuple = (None, exc.decode(*exc.args))
                 else:
@@ -249,13 +242,9 @@ class Future(BaseFuture):
                     except Exception as e:
                         outcome = (None, e)
                 with _changed:
-                    if self._amended is None:
+                    if self._amended is before:     # (else changed meanwhile: again)
                         self._amended = outcome
                         _changed.notify_all()
-            amended = self._amended
-        if amended is _CANCELLED:
-            raise self._cancelled_error()
-        return amended
 
     def add_done_callback(self, fn: Any) -> None:
         """As ``concurrent.futures``: ``fn(future)`` once done; at once on this thread if
@@ -281,9 +270,7 @@ class Future(BaseFuture):
     def _settled(self) -> Any:
         """A done future's value as it is now (a :class:`Remote` if not fetched);
         raises its exception, or CancelledError."""
-        now = self._now()
-        if now is not _CANCELLED and (type(now[0]) is Packed or type(now[1]) is Packed):
-            now = self._unpack(*now)        # (a user's thread: gather)
+        now = self._unpack()                # (a user's thread: result, gather)
         if now is _CANCELLED:
             raise self._cancelled_error()
         if now[1] is not None:
@@ -356,6 +343,8 @@ class Future(BaseFuture):
 
 # A done future's outcome once cancelled after it finished (see Future).
 _CANCELLED = object()
+# In Future.result: the stdlib future holds a packed error (read by _settled).
+_PACKED_ERROR = object()
 # Guards and announces every change of a finished future's outcome (see Future).
 _changed = threading.Condition(threading.Lock())
 

@@ -147,3 +147,33 @@ def test_the_first_of_racing_completions_wins():
             t.join()
         # whichever won, the stdlib's view and mpnet's agree
         assert (f.exception() is None) == (cf.Future.exception(f) is None)
+
+
+def test_packed_values_and_errors_are_unpickled_when_read_even_when_delivered_again():
+    """A result or error arrives packed (unpickled on the reading thread); a result
+    recomputed after a loss is delivered again, packed too, and must be unpickled."""
+    import pickle
+
+    from mpnet.client.futures import Packed
+    f = Future("k", Owner())
+    f._set_value(Packed(pickle.loads, pickle.dumps(1)))
+    assert f.status == "finished" and f.result(timeout=1) == 1
+    f._set_value(Packed(pickle.loads, pickle.dumps(2)))       # recomputed elsewhere
+    assert f.result(timeout=1) == 2 and f._settled() == 2
+
+    g = Future("g", Owner())
+    g._set_value(Packed(pickle.loads, pickle.dumps([3])))
+    assert g._settled() == [3]                                  # gather's path
+
+    e = Future("e", Owner())
+    e._set_error(Packed(lambda: ValueError("boom")))
+    assert e.status == "error"
+    assert isinstance(e.exception(timeout=1), ValueError)
+    with pytest.raises(ValueError, match="boom"):
+        e.result(timeout=1)
+
+    bad = Future("bad", Owner())
+    bad._set_value(Packed(pickle.loads, b"not a pickle"))
+    assert isinstance(bad.exception(timeout=1), Exception)
+    with pytest.raises(Exception):
+        bad.result(timeout=1)

@@ -57,7 +57,7 @@ def _client_in_task(i):
     total = client.submit(sum, [i, 2, 3]).result(timeout=10)
     again = mpnet.get_client() is client
     return (id(client), client.loop is worker.loop, total, again,
-            sorted(t.name for t in threading.enumerate() if "client" in t.name))
+            sorted(t.name for t in threading.enumerate() if "client-loop" in t.name))
 
 
 def test_get_client_in_a_task_reuses_the_workers_loop():
