@@ -13,8 +13,8 @@ role, and only that role's messages are served on it.
 
 A *link* is anything with ``send``, ``reply``, ``request``, ``close``, ``closed`` and
 ``peer``: a :class:`~mpnet.comm.connection.Connection`, or an in-process link that
-quacks like one. A :class:`Session` offers the same six names, so handlers answer on
-it as on a link. Each :class:`Role` is a :class:`~mpnet.comm.dispatch.Dispatcher`,
+quacks like one. A :class:`Session` offers the same six names (and ``peer_info``, what
+the peer said of itself in the handshake), so handlers answer on it as on a link. Each :class:`Role` is a :class:`~mpnet.comm.dispatch.Dispatcher`,
 built once per server (field counts and field types checked there), shared by every
 session of that role. All of it runs on the owning server's loop thread.
 
@@ -66,6 +66,10 @@ class Session:
     def closed(self) -> bool:
         return self.link.closed
 
+    @property
+    def peer_info(self) -> dict:
+        return getattr(self.link, "peer_info", {})
+
     def send(self, msg: list) -> None:
         self.link.send(msg)
 
@@ -90,14 +94,17 @@ class Sessions:
     """A server's live sessions, by link, and the table for links not yet bound.
 
     ``opening`` serves a link that has no session yet: usually only the registrations,
-    whose handlers (called as ``handler(link, *fields)``) call :meth:`bind`.
+    whose handlers (called as ``handler(link, *fields)``) call :meth:`bind`. ``unbound``
+    says what such a link is, in the ProtocolError of a message ``opening`` lacks (a
+    server whose links are never bound serves nothing: ``opening={}``).
     """
 
     __slots__ = ("server", "opening", "_by_link")
 
-    def __init__(self, server: str, opening: dict[int, Callable]):
+    def __init__(self, server: str, opening: dict[int, Callable], *,
+                 unbound: str = "before registration"):
         self.server = server
-        self.opening = Dispatcher(f"{server} (before registration)", opening)
+        self.opening = Dispatcher(f"{server} ({unbound})", opening)
         self._by_link: dict[Any, Session] = {}
 
     def bind(self, link: Any, session: Session) -> Session:

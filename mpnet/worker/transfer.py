@@ -5,9 +5,9 @@ A component of :class:`~.worker.Worker`; loop thread only. Inputs a task needs t
 live elsewhere are fetched with one GET_DATA per holder; a fetched input is kept while
 local tasks use it ("borrowed") and dropped after, unless the scheduler placed it here.
 
-What it needs from around it, and nothing more: the worker's ``address``, its link to
-the scheduler and its peer dispatcher (``home``), and the task table (``runner``:
-tasks waiting for inputs, run once the inputs are here).
+What it needs from around it, and nothing more: the worker's ``address`` and its link
+to the scheduler (``home``), and the task table (``runner``: tasks waiting for inputs,
+run once the inputs are here).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ class Transfer:
     # What the methods below read from the worker and its task table.
     address = property(lambda self: self._home.address)
     scheduler = property(lambda self: self._home.scheduler)
-    _dispatch_peer = property(lambda self: self._home._dispatch_peer)
     tasks = property(lambda self: self._runner.tasks)
     _owned = property(lambda self: self._runner.owned)
     _borrowed = property(lambda self: self._runner.borrowed)

@@ -51,6 +51,7 @@ from ..versions import get_versions
 from .actors import ActorHost
 from .clients import TaskClients
 from .executor import Executor
+from .peers import PeerPort
 from .running import RunningSlots
 from .runs import RunRequests
 from .store import DataStore
@@ -168,13 +169,10 @@ class Worker:
             **self.actor_host.handlers(),
             **self.runs.handlers(),
         })
-        # Peers (other workers, clients, actor callers) reach us through the listener, and
-        # answer on our own fetch connections: there only what a peer may ask is served.
-        # Orders (COMPUTE, FREE, CLOSE_WORKER, PLUGIN...) come on self.scheduler alone.
-        self._peer_handlers = Dispatcher("worker (from a peer)", {
-            Msg.GET_DATA: self.transfer._get_data,
-            Msg.ACTOR_CALL: self.actor_host.call,
-        })
+        # Peers (other workers, clients, actor callers) reach us through the listener, each
+        # bound by its handshake role to a session that serves only what it may ask; our
+        # own dials to peers serve nothing. Orders come on self.scheduler alone.
+        self.peers = PeerPort(self.transfer._get_data, self.actor_host.call)
         self.clients = TaskClients(scheduler_address, self.token, self.loop, self.config,
                                    request=lambda *msg: self.scheduler.request(*msg),
                                    address=lambda: self.address)
@@ -189,7 +187,8 @@ class Worker:
         try:
             self.listener = listen_on_any(self.port, lambda port: Listener(
                 self.loop, self.host, port, config=self.config, token=self.token,
-                role="worker", info={}, handler=self._dispatch_peer,
+                role="worker", info={}, handler=self.peers.dispatch,
+                on_open=self.peers.opened, on_close=self.peers.closed,
                 scheme=address_scheme(self.scheduler_address) or None))
             shown = advertised_host(self.host, self.scheduler_address)
             self.address = self.contact_address or self.listener.address_at(shown)
@@ -204,7 +203,7 @@ class Worker:
             self.transfer.open(Pool(self.loop, config=self.config, token=self.token,
                                     role="worker",
                                     info={"address": self.address, **shm.advertise(self.config)},
-                                    handler=self._dispatch_peer))
+                                    handler=self.peers.dispatch))
             self.scheduler = Link(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
                 role="worker", info={"address": self.address}, handler=self._dispatch,
@@ -399,9 +398,6 @@ class Worker:
     # --- dispatch ------------------------------------------------------------------
     def _dispatch(self, conn: Connection, msg: list) -> None:
         self._handlers(conn, msg)
-
-    def _dispatch_peer(self, conn: Connection, msg: list) -> None:
-        self._peer_handlers(conn, msg)
 
     def _send_scheduler(self, msg: list) -> None:
         if self.scheduler is not None:
