@@ -31,8 +31,8 @@ from ..comm.connection import Connection
 from ..comm.endpoints import Listener, listen_on_any
 from ..comm.eventloop import EventLoop
 from ..comm.link import Link
-from ..comm.dispatch import Dispatcher
 from ..comm.protocol import Msg
+from ..comm.session import Role, Sessions
 from ..config import Config, make_config
 from ..diagnostics import logring
 from ..comm.serialize import loads
@@ -48,10 +48,6 @@ from .process import WorkerProcess, child_env, describe_exit
 __all__ = ["Nanny", "close_all", "NANNY_MOVES"]
 
 log = logging.getLogger("mpnet.nanny")
-
-# Nobody has anything to tell a nanny on its own port: its orders (CLOSE_WORKER,
-# RESTART_WORKER, PLUGIN, LOGS) come only on its link to the scheduler.
-_refuse_peer = Dispatcher("nanny (on its listening port)", {})
 
 S = Status
 
@@ -134,13 +130,17 @@ class Nanny:
                                   process=lambda: self.process,
                                   supervising=lambda: self._life.is_in(*_SUPERVISING),
                                   kill=self._kill)
-        self._handlers = Dispatcher("nanny", {
+        # Its orders come only on its link to the scheduler, each handler a method naming
+        # the message's fields (checked before it runs). Nobody has anything to tell a
+        # nanny on its own port: no session is ever bound there, so nothing is served.
+        self.orders = Role("nanny", {
             Msg.CLOSE_WORKER: self._close_requested,
-            Msg.RESTART_WORKER: lambda conn, reason: self.restart_worker(reason),
+            Msg.RESTART_WORKER: self._restart_requested,
             Msg.PLUGIN: self._plugin,
             Msg.PLUGIN_INSTALL: self._plugin_install,
-            Msg.LOGS: lambda conn, req_id, n: conn.reply(req_id, True, logring.lines(n)),
+            Msg.LOGS: self._logs,
         })
+        self.peers = Sessions("nanny", {}, unbound="on its own port")
         logring.install()      # its recent lines answer `mpnet logs` (why a worker died)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -158,7 +158,7 @@ class Nanny:
         try:
             self.listener = listen_on_any(self.port, lambda port: Listener(
                 self.loop, self.host, port, config=self.config, token=self.token,
-                role="nanny", info={}, handler=_refuse_peer,
+                role="nanny", info={}, handler=self.peers.dispatch,
                 scheme=address_scheme(self.scheduler_address) or None))
             self.address = self.listener.address_at(
                 advertised_host(self.host, self.scheduler_address))
@@ -170,7 +170,7 @@ class Nanny:
                 getattr(plugin, "setup", lambda n: None)(self)
             self.scheduler = Link(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
-                role="nanny", info={"address": self.address}, handler=self._dispatch,
+                role="nanny", info={"address": self.address}, handler=self.orders.dispatch,
                 register=lambda conn: conn.request(Msg.REGISTER_NANNY,
                                                    {"address": self.address}),
                 name=self.id, on_lost=self._scheduler_lost,
@@ -436,9 +436,6 @@ class Nanny:
         t.start()
 
     # --- scheduler -----------------------------------------------------------------
-    def _dispatch(self, conn: Connection, msg: list) -> None:
-        self._handlers(conn, msg)
-
     def _plugin(self, conn: Connection, name: str, payload: Any) -> str:
         try:
             plugin = loads(payload, what=f"nanny plugin {name}")
@@ -455,6 +452,12 @@ class Nanny:
     def _close_requested(self, conn: Connection, reason: str, leave: str = "") -> None:
         log.info("%s asked to close: %s", self.id, reason)
         self._close_in_background()
+
+    def _restart_requested(self, conn: Connection, reason: str) -> None:
+        self.restart_worker(reason)
+
+    def _logs(self, conn: Connection, req_id: int, n: int) -> None:
+        conn.reply(req_id, True, logring.lines(n))
 
     # The link (mpnet.comm.link) reconnects and registers again; the nanny only says so
     # (loop thread). Exit reports sent meanwhile wait in the link for the reconnect.

@@ -39,9 +39,9 @@ class Transfer:
         self._peers: Any = None         # the worker's Pool, given by open()
 
     def handlers(self) -> dict:
-        """The scheduler's and peers' messages this component answers."""
-        return {Msg.FREE: self._free, Msg.STORE: self._store, Msg.GET_DATA: self._get_data,
-                Msg.ACQUIRE: self._acquire}
+        """The scheduler's orders this component answers (peers' GET_DATA: ``_get_data``,
+        served on the worker's port, mpnet/worker/peers.py)."""
+        return {Msg.FREE: self._free, Msg.STORE: self._store, Msg.ACQUIRE: self._acquire}
 
     # What the methods below read from the worker and its task table.
     address = property(lambda self: self._home.address)

@@ -38,9 +38,9 @@ from ..comm.endpoints import Listener, listen_on_any
 from ..comm.eventloop import EventLoop
 from ..comm.link import Link
 from ..comm.pool import Pool
-from ..comm.dispatch import Dispatcher
 from ..comm.protocol import Msg
 from ..comm.serialize import Payload, loads
+from ..comm.session import Role
 from ..config import Config, make_config
 from ..diagnostics import logring
 from ..errors import ClusterClosedError
@@ -158,16 +158,20 @@ class Worker:
         self._torn_down = False                 # preloads and plugins torn down
         self._joining = False                   # one close() joins the threads
         self._process = psutil.Process()
-        self._handlers = Dispatcher("worker", {
+        # What the scheduler may order, on its link alone. Every handler is a method that
+        # names the message's fields: the Role checks each message's field count and
+        # fields before it runs (a malformed one closes the link: ProtocolError).
+        self.orders = Role("worker", {
             Msg.COMPUTE: self._compute,
+            Msg.TRY_CANCEL: self.runner.try_cancel,
+            Msg.HOST_ACTOR: self._host_actor,
+            Msg.DROP_ACTOR: self._drop_actor,
             Msg.CLOSE_WORKER: self._close_requested,
             Msg.PLUGIN: self._plugin,
             Msg.PLUGIN_INSTALL: self._plugin_install,
-            Msg.TRY_CANCEL: self.runner.try_cancel,
             Msg.LOGS: self._logs,
-            **self.transfer.handlers(),
-            **self.actor_host.handlers(),
-            **self.runs.handlers(),
+            **self.transfer.handlers(),         # FREE, STORE, ACQUIRE
+            **self.runs.handlers(),             # RUN
         })
         # Peers (other workers, clients, actor callers) reach us through the listener, each
         # bound by its handshake role to a session that serves only what it may ask; our
@@ -206,7 +210,7 @@ class Worker:
                                     handler=self.peers.dispatch))
             self.scheduler = Link(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
-                role="worker", info={"address": self.address}, handler=self._dispatch,
+                role="worker", info={"address": self.address}, handler=self.orders.dispatch,
                 register=self._register, name=f"worker {self.address}",
                 on_lost=self._scheduler_lost, on_restored=self._scheduler_back,
                 on_gave_up=self._scheduler_gone)
@@ -396,9 +400,6 @@ class Worker:
         self.loop.call_later(self.config.memory_interval, self._watch_memory)
 
     # --- dispatch ------------------------------------------------------------------
-    def _dispatch(self, conn: Connection, msg: list) -> None:
-        self._handlers(conn, msg)
-
     def _send_scheduler(self, msg: list) -> None:
         if self.scheduler is not None:
             self.scheduler.send(msg)
@@ -415,6 +416,14 @@ class Worker:
         self.transfer.fetch_inputs(task, who_has)
         if not task.missing and key in self.tasks:
             self.runner.run(task)
+
+    # --- actors ---------------------------------------------------------------------
+    def _host_actor(self, conn: Connection, key: str, name: str | None, cls: Payload,
+                    args: Payload, options: dict, restarted: int, checkpoint: Any) -> None:
+        self.actor_host.host(key, name, cls, args, options, restarted, checkpoint)
+
+    def _drop_actor(self, conn: Connection, key: str, reason: str) -> None:
+        self.actor_host.drop(key, reason)
 
     # --- clients and actor handles in tasks ------------------------------------------
     @property

@@ -1,16 +1,21 @@
 """A worker's own port, through sessions: each peer is served only what its handshake
 role may ask (mpnet/worker/peers.py). Real TCP with the cluster token: a message outside
 the role, or a role the port does not serve, closes that one connection with one log
-line, and the worker goes on serving everyone else."""
+line, and the worker goes on serving everyone else.
+
+And the orders on a worker's or nanny's link to its scheduler: one Role each, whose
+handlers name their fields, so a malformed order from a (fake) scheduler closes the link
+with the ProtocolError in the log line, and the link registers again."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
-from mpnet import Client, Scheduler, Worker
-from mpnet.comm.endpoints import connect_sync
+from mpnet import Client, Nanny, Scheduler, Worker
+from mpnet.comm.endpoints import Listener, connect_sync
 from mpnet.comm.eventloop import EventLoop
 from mpnet.comm.protocol import Msg
 from mpnet.comm.serialize import decode_value, dumps, loads
@@ -187,3 +192,81 @@ def test_nothing_but_replies_is_served_on_the_workers_own_dials():
     for msg in ([Msg.GET_DATA, 1, ["k"]], [Msg.COMPUTE, "k", None, None, [], [0]]):
         with pytest.raises(ProtocolError, match="on its own dial to a peer"):
             port.dispatch(object(), msg)
+
+
+# --- orders from the scheduler: a fake one that sends malformed ones ---------------------
+
+class FakeScheduler:
+    """Answers every registration; ``registered``: (message type, connection)."""
+
+    def __init__(self):
+        self.loop = EventLoop("test-fake-scheduler").start()
+        self.registered: list = []
+        self.listener = self.loop.run_sync(lambda: Listener(
+            self.loop, "127.0.0.1", 0, config=make_config(), token=TOKEN, role="scheduler",
+            info={"id": "fake"}, handler=self._on_message))
+        self.address = self.listener.address_at("127.0.0.1")
+
+    def _on_message(self, conn, msg):
+        if msg[0] in (Msg.REGISTER_WORKER, Msg.REGISTER_NANNY):
+            self.registered.append((msg[0], conn))
+            conn.reply(msg[1], True, {"id": "fake", "address": self.address})
+
+    def links(self, kind):
+        return [conn for k, conn in list(self.registered) if k == kind]
+
+    def send(self, conn, msg):
+        self.loop.call_soon_threadsafe(conn.send, msg)
+
+    def close(self):
+        self.loop.run_sync(self.listener.close)
+        self.loop.close()
+
+
+@pytest.fixture
+def fake():
+    f = FakeScheduler()
+    yield f
+    f.close()
+
+
+def _lost_lines(caplog):
+    return [r.getMessage() for r in caplog.records if "lost its scheduler" in r.getMessage()]
+
+
+@pytest.mark.parametrize("msg, why", [
+    ([Msg.LOGS, 1], r"malformed LOGS message: 1 fields"),
+    ([Msg.HOST_ACTOR, "an-actor"], r"malformed HOST_ACTOR message: 1 fields"),
+    ([Msg.CLOSE_WORKER, "a", "b", "c"], r"malformed CLOSE_WORKER message: 3 fields"),
+    ([Msg.FREE, "not-a-list"], r"FREE"),
+    ([Msg.GET_DATA, 1, ["k"]], r"worker has no handler .*GET_DATA"),   # peers' only
+])
+def test_a_malformed_order_closes_the_workers_scheduler_link(fake, caplog, msg, why):
+    caplog.set_level(logging.WARNING, logger="mpnet.worker")
+    with Worker(fake.address, token=TOKEN, host="127.0.0.1") as w:
+        [link] = fake.links(Msg.REGISTER_WORKER)
+        fake.send(link, msg)
+        wait_for(lambda: link.closed, timeout=10, what="the worker to drop the link")
+        wait_for(lambda: len(fake.links(Msg.REGISTER_WORKER)) == 2, timeout=10,
+                 what="the worker to register again")
+        lines = _lost_lines(caplog)
+        assert len(lines) == 1 and re.search(why, lines[0]), lines
+        wait_for(lambda: w.status == "running", timeout=10, what="the worker back")
+
+
+@pytest.mark.parametrize("msg, why", [
+    ([Msg.RESTART_WORKER], r"malformed RESTART_WORKER message: 0 fields"),
+    ([Msg.LOGS, 1, "many"], r"LOGS"),
+])
+def test_a_malformed_order_closes_the_nannys_scheduler_link(fake, caplog, msg, why):
+    caplog.set_level(logging.WARNING, logger="mpnet.nanny")
+    with Nanny(fake.address, token=TOKEN, host="127.0.0.1") as n:
+        pid = n.pid
+        [link] = fake.links(Msg.REGISTER_NANNY)
+        fake.send(link, msg)
+        wait_for(lambda: link.closed, timeout=10, what="the nanny to drop the link")
+        wait_for(lambda: len(fake.links(Msg.REGISTER_NANNY)) == 2, timeout=10,
+                 what="the nanny to register again")
+        lines = _lost_lines(caplog)
+        assert len(lines) == 1 and re.search(why, lines[0]), lines
+        assert n.pid == pid and n.restarts == 0      # its worker was not restarted
