@@ -14,9 +14,10 @@ role, and only that role's messages are served on it.
 A *link* is anything with ``send``, ``reply``, ``request``, ``close``, ``closed`` and
 ``peer``: a :class:`~mpnet.comm.connection.Connection`, or an in-process link that
 quacks like one. A :class:`Session` offers the same six names (and ``peer_info``, what
-the peer said of itself in the handshake), so handlers answer on it as on a link. Each :class:`Role` is a :class:`~mpnet.comm.dispatch.Dispatcher`,
-built once per server (field counts and field types checked there), shared by every
-session of that role. All of it runs on the owning server's loop thread.
+the peer said of itself in the handshake), so handlers answer on it as on a link. Each
+:class:`Role` is a :class:`~mpnet.comm.dispatch.Dispatcher`, built once per server
+(field counts and field types checked there), shared by every session of that role.
+All of it runs on the owning server's loop thread.
 
 A server whose peers are known from the handshake alone (a worker's port: peer workers
 fetching data, clients calling actors) binds in its ``on_open`` instead of in a
