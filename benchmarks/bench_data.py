@@ -130,18 +130,63 @@ def mpnet_rates(nbytes: int, runs: int, shm: bool) -> dict[str, list[float]]:
                 src.release()
                 return dt
             out[f"w2w {name}"] = [nbytes / w2w() / 1e6 for _ in range(runs)]
-        if numpy is not None and not shm:    # the client is no worker: always TCP
-            arr = make_array(nbytes)
-
-            def scatter():
-                fut = client.scatter(arr, workers=[a])
-                fut.release()
-
-            def submit():
-                assert client.submit(size_of, arr, workers=[a], pure=False).result() == nbytes
-            out["scatter ndarray"] = _timed(scatter, runs, nbytes)
-            out["submit ndarray"] = _timed(submit, runs, nbytes)
+        if not shm:          # the client is no worker: always TCP
+            out.update(client_rates(client, nbytes, runs, a, "client"))
+            out.update(remote_client_rates(cluster, nbytes, runs, a))
     return out
+
+
+def client_rates(client, nbytes: int, runs: int, worker: str, who: str) -> dict:
+    """Client to worker (scatter, and submit with the value as argument) and worker to
+    client (a task's result fetched by ``result()``), for ``client``."""
+    out: dict[str, list[float]] = {}
+    values = [("bytes", make_bytes(nbytes))] + \
+        ([("ndarray", make_array(nbytes))] if numpy else [])
+    for name, value in values:
+        def scatter():
+            fut = client.scatter(value, workers=[worker])
+            fut.release()
+
+        def submit():
+            assert client.submit(size_of, value, workers=[worker], pure=False).result() \
+                == nbytes
+
+        def fetch():
+            # made on the worker first: timed from result() to the value in hand
+            src = client.submit(make_array if name == "ndarray" else make_bytes, nbytes,
+                                workers=[worker], pure=False)
+            client.wait([src])
+            t0 = time.perf_counter()
+            got = src.result()
+            dt = time.perf_counter() - t0
+            assert size_of(got) == nbytes
+            src.release()
+            return dt
+        out[f"scatter {name} ({who})"] = _timed(scatter, runs, nbytes)
+        out[f"submit {name} ({who})"] = _timed(submit, runs, nbytes)
+        out[f"fetch {name} ({who})"] = [nbytes / fetch() / 1e6 for _ in range(runs)]
+    return out
+
+
+def _remote_client(address: str, token: str, nbytes: int, runs: int, worker: str,
+                   conn) -> None:
+    from mpnet import Client
+    with Client(address, token=token) as client:
+        conn.send(client_rates(client, nbytes, runs, worker, "other process"))
+
+
+def remote_client_rates(cluster, nbytes: int, runs: int, worker: str) -> dict:
+    """``client_rates`` from a client in another process (``Client("tcp://...")``)."""
+    ctx = multiprocessing.get_context("spawn")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=_remote_client, args=(cluster.scheduler_address,
+                                                     cluster.token, nbytes, runs, worker,
+                                                     there))
+    child.start()
+    try:
+        return here.recv()
+    finally:
+        child.join(30)
 
 
 def main() -> None:
@@ -168,8 +213,8 @@ def main() -> None:
 
     floor = results["socket"]
     print(f"\n{args.mb} MB per transfer, median of {runs}; MB/s and ratio to the socket\n")
-    print(f"{'':28}{'MB/s':>10}{'x socket':>10}  target")
-    print(f"{'socket (floor)':28}{floor:10.0f}{1:10.2f}")
+    print(f"{'':36}{'MB/s':>10}{'x socket':>10}  target")
+    print(f"{'socket (floor)':36}{floor:10.0f}{1:10.2f}")
     for name, rate in results.items():
         if name == "socket":
             continue
@@ -180,7 +225,7 @@ def main() -> None:
             tcp = results[name.replace("(shm)", "(tcp)")]
             verdict = (f"shm >= {SHM_TARGET:.0f}x tcp: {rate / tcp:.1f}x "
                        f"{'PASS' if rate >= SHM_TARGET * tcp else 'MISS'}")
-        print(f"{name:28}{rate:10.0f}{ratio:10.2f}  {verdict}")
+        print(f"{name:36}{rate:10.0f}{ratio:10.2f}  {verdict}")
     if numpy is None:
         print("\nnumpy is not installed: the ndarray rows are skipped")
     if args.json:
