@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import hashlib
 import itertools
 import logging
 import multiprocessing
@@ -73,6 +74,20 @@ def _fits(payload: Payload, key: str, limit: int) -> Payload:
     if payload.nbytes > limit:
         raise FrameTooLargeError.for_size(f"scattered value {key}", payload.nbytes, limit)
     return payload
+
+
+#: a scatter of at least this many bytes (pickled, all values together) goes straight
+#: to the workers; smaller ones ride one request through the scheduler (one round trip
+#: instead of three)
+DIRECT_PUT_BYTES = 1 << 20
+
+
+def _digest(payload: Payload) -> str:
+    """``hash=True``'s key suffix: a digest of the value's pickled bytes."""
+    h = hashlib.blake2b(payload.header, digest_size=16)
+    for b in payload.buffers:
+        h.update(b)
+    return h.hexdigest()
 
 
 def _funcname(fn: Any) -> str:
@@ -292,8 +307,19 @@ class Client:
                 values[f.key] = f.result()
         return rebuild(futures, values, skip=errors == "skip")
 
-    def scatter(self, data: Any, workers: Iterable[str] | None = None) -> Any:
-        """Put local data on workers: a list gives a list of futures, a dict a dict."""
+    def scatter(self, data: Any, workers: Iterable[str] | None = None,
+                broadcast: bool = False, hash: bool = False,
+                timeout: float | None = None) -> Any:
+        """Put local data on workers: a list gives a list of futures, a dict a dict.
+
+        ``workers`` limits where it goes; ``broadcast=True`` puts every value on each
+        of them (all workers by default). ``hash=True`` names each value by a digest of
+        its bytes (dask's default; it reads the whole value once), so scattering equal
+        data twice gives the same key; otherwise every call makes new keys.
+        From ``DIRECT_PUT_BYTES`` (1 MiB in all) up, and always with ``broadcast``, the
+        data goes straight to the chosen workers, not through the scheduler
+        (docs/data.md, "Direct put"); ``timeout`` (seconds) bounds that transfer.
+        """
         self._session.check_open("scatter")
         if isinstance(data, range):
             data = list(data)          # as dask: a range scatters as a list
@@ -301,21 +327,44 @@ class Client:
             keys, values = list(data), list(data.values())
         elif isinstance(data, (list, tuple, set, frozenset)):
             values = list(data)
-            keys = [f"{type(v).__name__}-{self.id[7:]}-s{next(self._counter)}" for v in values]
+            keys = None
         else:
-            return self.scatter([data], workers=workers)[0]
-        items = [[k, _fits(dumps(v, oob_threshold=self.config.oob_threshold,
-                                 what="scattered data"), k, self.config.max_frame_bytes)]
-                 for k, v in zip(keys, values)]
-        futures = [self._session.add(k, None, None, "scatter") for k in keys]
-        self._session.request(Msg.SCATTER, items, list(workers) if workers else None)
-        for fut, v in zip(futures, values):
-            fut._set_value(v)
+            return self.scatter([data], workers=workers, broadcast=broadcast, hash=hash,
+                                timeout=timeout)[0]
+        payloads = [dumps(v, oob_threshold=self.config.oob_threshold, what="scattered data")
+                    for v in values]
+        if keys is None:
+            keys = [f"{type(v).__name__}-{_digest(p) if hash else self._scatter_id()}"
+                    for v, p in zip(values, payloads)]
+        for k, p in zip(keys, payloads):
+            _fits(p, k, self.config.max_frame_bytes)
+        if isinstance(workers, str):
+            workers = [workers]
+        workers = list(workers) if workers else None
+        # A hash key names its value: equal data scattered again gives the live future
+        futures = [self._session.add(k, b"scatter" if hash else None, None, "scatter")
+                   for k in keys]
+        new = [i for i, f in enumerate(futures) if not f.done()]
+        if not new:
+            pass
+        elif broadcast or sum(payloads[i].nbytes for i in new) >= DIRECT_PUT_BYTES:
+            where = self._session.request(Msg.PLACE, [payloads[i].nbytes for i in new],
+                                          workers, bool(broadcast), timeout=timeout)
+            self._fetcher.put([keys[i] for i in new], [payloads[i] for i in new], where,
+                              timeout)
+        else:
+            self._session.request(Msg.SCATTER, [[keys[i], payloads[i]] for i in new],
+                                  workers, timeout=timeout)
+        for i in new:
+            futures[i]._set_value(values[i])
         if isinstance(data, dict):
             return dict(zip(keys, futures))
         if isinstance(data, (tuple, set, frozenset)):
             return type(data)(futures)      # the container type is kept, as in dask
         return futures
+
+    def _scatter_id(self) -> str:
+        return f"{self.id[7:]}-s{next(self._counter)}"
 
     def cancel(self, futures: Any, reason: str = "cancelled by the client") -> None:
         """dask's cancel: stop caring about these futures, running or not. Work already

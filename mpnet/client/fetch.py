@@ -1,4 +1,4 @@
-"""Fetching large results directly from the workers that hold them.
+"""Large data directly between the client and the workers: results fetched, values put.
 
 ::
 
@@ -7,6 +7,10 @@
     loop thread ── GET_DATA on a cached direct connection per worker ── reply ── values
     a worker died first: wait for the scheduler to say where the value is now (or
     that it failed), and fetch from there
+
+    user thread ── put(keys, payloads, where) ── group by worker ───────────────────┐
+    loop thread ── PUT_DATA on the same connections; the worker stores, tells the ◄─┘
+                   scheduler (PUT_DONE), then answers: the keys are usable at once
 
 The worker connections belong to the loop thread; user threads only wait on futures.
 """
@@ -20,7 +24,7 @@ from typing import Any, Callable
 from ..comm.pool import Pool
 from ..comm.protocol import Msg
 from ..comm.serialize import loads
-from ..errors import CommClosedError, WorkerLostError
+from ..errors import CommClosedError, MpnetError, WorkerLostError
 from .actors import binding
 
 __all__ = ["Fetcher"]
@@ -90,6 +94,38 @@ class Fetcher:
                             f"could not fetch {f.key} from worker {worker}, which probably "
                             f"died, and it was not computed again within {timeout}s")
         return [f._settled() for f in futures]
+
+    def put(self, keys: list[str], payloads: list, where: list[list[str]],
+            timeout: float | None = None) -> None:
+        """Send each payload straight to the workers ``where`` names for it (PLACE's
+        answer); return once every worker has stored its values and the scheduler knows
+        (``timeout`` in seconds). WorkerLostError, naming the workers, if any failed."""
+        limit = self.config.max_frame_bytes // 2
+        batches: list[tuple[str, list]] = []
+        open_: dict[str, tuple[list, list]] = {}     # worker → (its batch, [bytes in it])
+        for key, payload, workers in zip(keys, payloads, where):
+            for worker in workers:
+                batch, size = open_.get(worker, (None, [0]))
+                if batch is None or (batch and size[0] + payload.nbytes > limit):
+                    batch, size = [], [0]
+                    open_[worker] = (batch, size)
+                    batches.append((worker, batch))
+                batch.append([key, payload])
+                size[0] += payload.nbytes
+        deadline = None if timeout is None else time.monotonic() + timeout
+        requests = [(w, self.loop.run_sync(self._workers.request, w, Msg.PUT_DATA, batch))
+                    for w, batch in batches]
+        failed = []
+        for worker, request in requests:
+            try:
+                request.result(_remaining(deadline))
+            except (MpnetError, OSError, TimeoutError) as e:
+                failed.append(f"{worker} ({e})")
+        if failed:
+            raise WorkerLostError(
+                f"scatter could not put data on {len(failed)} worker(s): "
+                f"{'; '.join(failed)}. A worker probably died or left during the put; "
+                "the values sent to it are not on the cluster: scatter them again")
 
     def _get_data(self, worker: str, keys: list[str]) -> cf.Future:
         """Loop thread: GET_DATA on the pooled direct connection to ``worker``."""

@@ -137,6 +137,13 @@ class Msg(enum.IntEnum):
 
     # worker ↔ worker, client → worker
     GET_DATA = 60            # (req_id, keys)  → REPLY(req_id, True, [[key, payload]])
+    # a large scatter goes straight to the worker (docs/data.md, "Direct put"):
+    PUT_DATA = 61            # client → worker: (req_id, [[key, payload]]) → REPLY(None)
+                             #   answered once the scheduler knows the worker holds them
+    PUT_DONE = 62            # worker → scheduler: (req_id, client_id, [[key, nbytes]])
+                             #   → REPLY(None), or an error: the worker drops the keys
+    PLACE = 63               # client → scheduler: (req_id, [nbytes], workers | None,
+                             #   broadcast) → REPLY([[worker address, ...] per value])
 
 
 #: WORKER_EXITED names the tasks a dead worker was running by their keys, or, for a key

@@ -26,7 +26,7 @@ from ..versions import format_mismatches, get_versions, mismatches
 from . import operations
 from .taskstate import ClientState
 
-__all__ = ["ClientSession", "register_client", "client_role", "HOLDER_HANDLERS"]
+__all__ = ["ClientSession", "register_client", "client_role", "HOLDER_HANDLERS", "put_done"]
 
 log = logging.getLogger("mpnet.scheduler")
 
@@ -113,6 +113,29 @@ class ClientSession(Session):
         server.when_all(acks, lambda results: self.reply(
             req_id, True, {key: placed[key].address for key, _ in items}))
 
+    def place(self, req_id: int, sizes: list, workers: list | None,
+              broadcast: bool) -> None:
+        """A large scatter's first step (docs/data.md, "Direct put"): choose the
+        worker(s) for each value, least-loaded first, changing nothing. The client then
+        sends the data straight there, and the worker tells us (PUT_DONE)."""
+        live = [ws for ws in self.server.state.workers.values() if ws.link is not None]
+        pool = [ws for ws in live if ws.address in workers or ws.name in workers] \
+            if workers else live
+        if not pool:
+            self.reply(req_id, False, "no workers to scatter to" + (
+                f" (none of {workers} is connected)" if workers else ""))
+            return
+        if broadcast:
+            self.reply(req_id, True, [[ws.address for ws in pool]] * len(sizes))
+            return
+        load = {ws: ws.nbytes for ws in pool}
+        out = []
+        for nbytes in sizes:
+            ws = min(pool, key=load.__getitem__)
+            load[ws] += nbytes
+            out.append([ws.address])
+        self.reply(req_id, True, out)
+
     def who_has(self, req_id: int, keys: list) -> None:
         tasks = self.server.state.tasks
         self.reply(req_id, True, {k: [w.address for w in tasks[k].who_has]
@@ -180,6 +203,20 @@ class ClientSession(Session):
         self.reply(req_id, True, self.server.state.list_actors())
 
 
+def put_done(session: Any, req_id: int, client_id: str, items: list) -> None:
+    """PUT_DATA's last step, from the worker ``session`` (a WorkerSession) that stored
+    a client's values: they are that client's scattered data from now on. Refused when
+    the client or the worker is gone: the worker then drops them, nothing stays."""
+    state = session.server.state
+    cs, ws = state.clients.get(client_id), session.worker
+    if cs is None or state.workers.get(ws.address) is not ws:
+        session.reply(req_id, False, f"client {client_id} or worker {ws.address} is gone: "
+                      "the scattered data was dropped")
+        return
+    state.scatter(cs, [(key, nbytes) for key, nbytes in items], [ws.address])
+    session.reply(req_id, True, None)
+
+
 # --- actor handles: held by clients, and by workers whose tasks use handles ------------
 # Each session names the record that holds them as ``session.holder``.
 def _create_actor(session: Any, key: str, name: str | None, cls: Any, args: Any,
@@ -218,7 +255,8 @@ def client_role(monitoring_handlers: dict) -> Role:
     S = ClientSession
     return Role("client", {
         Msg.SUBMIT: S.submit, Msg.RELEASE: S.release, Msg.CANCEL: S.cancel,
-        Msg.TRY_CANCEL: S.try_cancel, Msg.SCATTER: S.scatter, Msg.WHO_HAS: S.who_has,
+        Msg.TRY_CANCEL: S.try_cancel, Msg.SCATTER: S.scatter, Msg.PLACE: S.place,
+        Msg.WHO_HAS: S.who_has,
         Msg.INFO: S.info, Msg.RUN: S.run, Msg.RUN_ON_SCHEDULER: S.run_on_scheduler,
         Msg.RESTART: S.restart, Msg.RETIRE_WORKERS: S.retire_workers,
         Msg.REGISTER_PLUGIN: S.register_plugin, Msg.KILL_ACTOR: S.kill_actor,

@@ -26,7 +26,7 @@ from ..comm.session import Role, Session
 from ..plugins import call_hook
 from ..versions import format_mismatches, get_versions, mismatches
 from . import operations
-from .clients import HOLDER_HANDLERS
+from .clients import HOLDER_HANDLERS, put_done
 from .taskstate import WorkerState
 
 __all__ = ["WorkerSession", "NannySession", "register_worker", "register_nanny",
@@ -204,6 +204,7 @@ WORKER = Role("worker", {
     Msg.TASK_RELEASED: _W.task_released, Msg.MISSING_DATA: _W.missing_data,
     Msg.HEARTBEAT: _W.heartbeat, Msg.GOODBYE: _W.goodbye,
     Msg.RETIRE_WORKERS: _W.retire_workers,
+    Msg.PUT_DONE: put_done,       # a client's direct put (scheduler/clients.py)
     Msg.ACTOR_STARTED: _W.actor_started, Msg.ACTOR_FAILED: _W.actor_failed,
     Msg.ACTOR_CHECKPOINT: _W.actor_checkpoint, Msg.ACTOR_STOPPED: _W.actor_stopped,
     **HOLDER_HANDLERS,

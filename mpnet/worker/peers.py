@@ -4,7 +4,8 @@
 
     peer dials the worker's port ── handshake (role) ──► PeerPort.opened(conn)
         "worker" ──► PeerWorkerSession    serves GET_DATA     (a task's inputs)
-        "client" ──► FetchingClientSession serves GET_DATA    (large results)
+        "client" ──► FetchingClientSession serves GET_DATA    (large results),
+                                           PUT_DATA (a large scatter, docs/data.md)
         "caller" ──► ActorCallerSession   serves ACTOR_CALL   (actors hosted here)
         any other ──► refused at once: ProtocolError, one log line, the connection closes
     each message ──► Sessions.dispatch ──► its session's Role, or ProtocolError (that
@@ -48,13 +49,16 @@ class ActorCallerSession(Session):
 
 class PeerPort:
     """A worker's port: the handshake role picks the session; ``get_data(session,
-    req_id, keys)`` and ``actor_call(session, call_id, ...)`` answer on the session."""
+    req_id, keys)``, ``put_data(session, req_id, items)`` (clients only) and
+    ``actor_call(session, call_id, ...)`` answer on the session."""
 
-    def __init__(self, get_data: Callable, actor_call: Callable):
+    def __init__(self, get_data: Callable, actor_call: Callable,
+                 put_data: Callable | None = None):
         self.sessions = Sessions("worker", {}, unbound="on its own dial to a peer")
         self._kinds: dict[str, tuple[type, Role]] = {
             "worker": (PeerWorkerSession, Role("peer worker", {Msg.GET_DATA: get_data})),
-            "client": (FetchingClientSession, Role("client", {Msg.GET_DATA: get_data})),
+            "client": (FetchingClientSession, Role("client", {
+                Msg.GET_DATA: get_data, **({Msg.PUT_DATA: put_data} if put_data else {})})),
             "caller": (ActorCallerSession, Role("actor caller",
                                                 {Msg.ACTOR_CALL: actor_call})),
         }

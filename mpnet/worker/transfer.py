@@ -161,6 +161,39 @@ class Transfer:
         self._owned.add(key)
         conn.reply(req_id, True, None)
 
+    def put_data(self, conn: Any, req_id: int, items: list) -> None:
+        """PUT_DATA, a client's large scatter sent straight here (docs/data.md, "Direct
+        put"): store the values, tell the scheduler (PUT_DONE), then answer the client.
+
+        The client hears back only once the scheduler knows: a task it submits next may
+        use the keys at once. Until then no task can be sent one of them. If the
+        scheduler refuses (the client left meanwhile) or cannot be told, the values are
+        dropped again: nothing stays that nobody knows of. Served on the worker's port
+        to a client's session only (mpnet/worker/peers.py)."""
+        client_id = conn.peer_info.get("id")
+        link = self.scheduler.conn if self.scheduler is not None else None
+        if not isinstance(client_id, str) or link is None or link.state != "open":
+            conn.reply(req_id, False, f"worker {self.address} has no connection to its "
+                       "scheduler right now: scatter again")
+            return
+        keys = [key for key, _ in items]
+        for key, payload in items:
+            self.store.put(key, payload=payload)
+            self._owned.add(key)
+
+        def told(fut: Future) -> None:
+            if fut.exception() is None:
+                conn.reply(req_id, True, None)
+                return
+            for key in keys:            # the scheduler does not know them: drop them
+                self._owned.discard(key)
+                if key not in self._borrowed:
+                    self.store.pop(key)
+            conn.reply(req_id, False, f"worker {self.address} could not register the "
+                       f"data with the scheduler ({fut.exception()}): scatter again")
+        link.request(Msg.PUT_DONE, client_id,
+                     [[key, payload.nbytes] for key, payload in items]).add_done_callback(told)
+
     def _acquire(self, conn: Connection, req_id: int, items: list) -> None:
         """Copy keys from the workers holding them (a retiring worker); reply the keys
         now held here."""

@@ -176,7 +176,8 @@ class Worker:
         # Peers (other workers, clients, actor callers) reach us through the listener, each
         # bound by its handshake role to a session that serves only what it may ask; our
         # own dials to peers serve nothing. Orders come on self.scheduler alone.
-        self.peers = PeerPort(self.transfer._get_data, self.actor_host.call)
+        self.peers = PeerPort(self.transfer._get_data, self.actor_host.call,
+                              self.transfer.put_data)
         self.clients = TaskClients(scheduler_address, self.token, self.loop, self.config,
                                    request=lambda *msg: self.scheduler.request(*msg),
                                    address=lambda: self.address)
