@@ -21,8 +21,8 @@ from tests.utils import wait_for
 MB = 10**6
 
 
-def size(x):
-    return len(x)
+def size(x, extra=b""):
+    return len(x) + len(extra)
 
 
 def keys_held(mpnet_worker):
@@ -151,3 +151,18 @@ def test_only_clients_the_scheduler_knows_may_put(cluster, client):
     assert isinstance(err, MpnetError) and "dropped" in str(err)
     assert not any("stranger-key" in ks for ks in client.run(keys_held).values())
     assert "stranger-key" not in cluster.scheduler.state.tasks
+
+
+def test_large_task_arguments_are_put_directly_and_freed_with_the_task(client):
+    sent = _count_payload_bytes(client)
+    data = os.urandom(MB) * 20
+    fut = client.submit(size, data, extra=b"small", pure=False)
+    assert fut.result(timeout=10) == 20 * MB + 5
+    assert sent[0] < MB          # the scheduler carried only the small argument
+    # a key the user chose names the same computation each time (hash keys inside)
+    named = client.submit(size, data, key="named-size")
+    assert client.submit(size, bytes(data), key="named-size") is named
+    assert named.result(timeout=10) == 20 * MB
+    del fut, named
+    wait_for(lambda: not any(client.run(keys_held).values()),
+             what="the put arguments to leave the workers with their tasks")

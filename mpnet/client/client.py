@@ -82,6 +82,22 @@ def _fits(payload: Payload, key: str, limit: int) -> Payload:
 DIRECT_PUT_BYTES = 1 << 20
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None), complex, Future})
+
+
+def _is_large(value: Any) -> bool:
+    """A task argument to put on a worker directly: ``bytes``-like or anything with an
+    ``nbytes`` (numpy arrays and alike), of DIRECT_PUT_BYTES or more. Cheap for the
+    common small arguments: one set lookup."""
+    t = type(value)
+    if t in _PLAIN:
+        return False
+    if t is bytes or t is bytearray:
+        return len(value) >= DIRECT_PUT_BYTES
+    nbytes = getattr(value, "nbytes", None)
+    return type(nbytes) is int and nbytes >= DIRECT_PUT_BYTES
+
+
 def _digest(payload: Payload) -> str:
     """``hash=True``'s key suffix: a digest of the value's pickled bytes."""
     h = hashlib.blake2b(payload.header, digest_size=16)
@@ -242,6 +258,9 @@ class Client:
                 fresh: bool = False) -> Future:
         """``fresh``: ``key`` was made here, unique: no need to look for a conflict."""
         fn_payload = self._function_payload(fn)
+        if any(map(_is_large, args)) or (kwargs and any(map(_is_large, kwargs.values()))):
+            # a user's key must name the same computation each time: hash keys then
+            args, kwargs = self._put_args(args, kwargs, workers, hash=key is not None)
         args_payload, deps = dumps_task_args(args, kwargs,
                                              oob_threshold=self.config.oob_threshold)
         recipe = None
@@ -256,6 +275,20 @@ class Client:
         return self._session.add(key, recipe, [Msg.SUBMIT, key, fn_payload, args_payload,
                                                deps, priority, retries, resources, workers],
                                  "submit")
+
+    def _put_args(self, args: tuple, kwargs: dict, workers: list | None,
+                  hash: bool) -> tuple[tuple, dict]:
+        """Large top-level arguments go straight to a worker first (a direct put, as
+        ``scatter``), and the task takes their futures: the data crosses one TCP hop
+        instead of two, and the scheduler never holds a copy. The futures stay alive
+        (in the returned arguments) until the task is queued, so the task holds them
+        from then on. Not on the loop thread, which the put waits on."""
+        if self.loop.in_loop_thread():
+            return args, kwargs
+
+        def put(v: Any) -> Any:
+            return self.scatter(v, workers=workers, hash=hash) if _is_large(v) else v
+        return tuple(map(put, args)), {k: put(v) for k, v in kwargs.items()}
 
     def map(self, fn: Callable, /, *iterables: Iterable, key: str | list | None = None,
             retries: int = 0, priority: int = 0, pure: bool | None = None,
