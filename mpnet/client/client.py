@@ -375,26 +375,35 @@ class Client:
             workers = [workers]
         workers = list(workers) if workers else None
         # A hash key names its value: equal data scattered again gives the live future
-        futures = [self._session.add(k, b"scatter" if hash else None, None, "scatter")
+        hashed = hash and not isinstance(data, dict)
+        futures = [self._session.add(k, b"scatter" if hashed else None, None, "scatter")
                    for k in keys]
         new = [i for i, f in enumerate(futures) if not f.done()]
-        if not new:
-            pass
-        elif broadcast or sum(payloads[i].nbytes for i in new) >= DIRECT_PUT_BYTES:
-            where = self._session.request(Msg.PLACE, [payloads[i].nbytes for i in new],
-                                          workers, bool(broadcast), timeout=timeout)
-            self._fetcher.put([keys[i] for i in new], [payloads[i] for i in new], where,
-                              timeout)
-        else:
-            self._session.request(Msg.SCATTER, [[keys[i], payloads[i]] for i in new],
-                                  workers, timeout=timeout)
-        for i in new:
-            futures[i]._set_value(values[i])
+        if new:
+            where = self._put([keys[i] for i in new], [payloads[i] for i in new], workers,
+                              broadcast, timeout)
+            for i in new:
+                futures[i].worker = where.get(keys[i], "")
+                futures[i]._set_value(values[i])
         if isinstance(data, dict):
             return dict(zip(keys, futures))
         if isinstance(data, (tuple, set, frozenset)):
             return type(data)(futures)      # the container type is kept, as in dask
         return futures
+
+    def _put(self, keys: list, payloads: list, workers: list | None, broadcast: bool,
+             timeout: float | None) -> dict:
+        """Put the values on workers; ``{key: a worker holding it}``. Large ones (or a
+        broadcast) go straight there: the scheduler chooses where (PLACE), the client
+        sends (PUT_DATA), each worker stores and tells the scheduler before it answers.
+        Small ones take one request through the scheduler, which relays them."""
+        if broadcast or sum(p.nbytes for p in payloads) >= DIRECT_PUT_BYTES:
+            where = self._session.request(Msg.PLACE, [p.nbytes for p in payloads],
+                                          workers, bool(broadcast), timeout=timeout)
+            self._fetcher.put(keys, payloads, where, timeout)
+            return {key: placed[0] for key, placed in zip(keys, where)}
+        return self._session.request(Msg.SCATTER, [list(i) for i in zip(keys, payloads)],
+                                     workers, timeout=timeout)
 
     def _scatter_id(self) -> str:
         return f"{self.id[7:]}-s{next(self._counter)}"
