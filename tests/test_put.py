@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from mpnet import Client, LocalCluster, WorkerLostError
+from mpnet import Client, FrameTooLargeError, LocalCluster, WorkerLostError
 from mpnet.comm.pool import Pool
 from mpnet.comm.protocol import Msg
 from mpnet.comm.serialize import Payload, dumps
@@ -185,3 +185,15 @@ def test_a_large_result_is_fetched_without_a_copy(client):
     while isinstance(base, (numpy.ndarray, memoryview)):
         base = base.obj if isinstance(base, memoryview) else base.base
     assert isinstance(base, mmap.mmap)
+
+
+def test_direct_put_keeps_to_the_frame_limit():
+    limit = 1 << 20
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                      max_frame_bytes=limit) as cluster, \
+            Client(cluster, max_frame_bytes=limit) as client:
+        # together over the limit: sent in frames of their own, each under it
+        futs = client.scatter([b"a" * 600_000, b"b" * 600_000])
+        assert [client.submit(size, f).result(timeout=10) for f in futs] == [600_000] * 2
+        with pytest.raises(FrameTooLargeError, match="max_frame_bytes"):
+            client.scatter(b"z" * (2 * limit))

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ..comm.pool import Pool
 from ..comm.protocol import Msg
 from ..comm.serialize import loads
-from ..errors import CommClosedError, MpnetError, WorkerLostError
+from ..errors import CommClosedError, FrameTooLargeError, MpnetError, WorkerLostError
 from .actors import binding
 
 __all__ = ["Fetcher"]
@@ -119,6 +119,8 @@ class Fetcher:
         for worker, request in requests:
             try:
                 request.result(_remaining(deadline))
+            except FrameTooLargeError:
+                raise                   # says what is too large and which setting to raise
             except (MpnetError, OSError, TimeoutError) as e:
                 failed.append(f"{worker} ({e})")
         if failed:
