@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import hashlib
 import itertools
 import logging
 import multiprocessing
@@ -57,7 +56,7 @@ from ..errors import FrameTooLargeError
 from ..lifecycle import Status
 from .actor_api import ClientActors
 from .callbacks import CallbackThread
-from .fetch import Fetcher
+from .fetch import DIRECT_PUT_BYTES, Fetcher, digest, is_large
 from .keys import FunctionCache, check_key, task_options, track_for_exit, untrack
 from .keys import recipe as task_recipe
 from .monitoring import Monitoring
@@ -74,36 +73,6 @@ def _fits(payload: Payload, key: str, limit: int) -> Payload:
     if payload.nbytes > limit:
         raise FrameTooLargeError.for_size(f"scattered value {key}", payload.nbytes, limit)
     return payload
-
-
-#: a scatter of at least this many bytes (pickled, all values together) goes straight
-#: to the workers; smaller ones ride one request through the scheduler (one round trip
-#: instead of three)
-DIRECT_PUT_BYTES = 1 << 20
-
-
-_PLAIN = frozenset({int, float, str, bool, type(None), complex, Future})
-
-
-def _is_large(value: Any) -> bool:
-    """A task argument to put on a worker directly: ``bytes``-like or anything with an
-    ``nbytes`` (numpy arrays and alike), of DIRECT_PUT_BYTES or more. Cheap for the
-    common small arguments: one set lookup."""
-    t = type(value)
-    if t in _PLAIN:
-        return False
-    if t is bytes or t is bytearray:
-        return len(value) >= DIRECT_PUT_BYTES
-    nbytes = getattr(value, "nbytes", None)
-    return type(nbytes) is int and nbytes >= DIRECT_PUT_BYTES
-
-
-def _digest(payload: Payload) -> str:
-    """``hash=True``'s key suffix: a digest of the value's pickled bytes."""
-    h = hashlib.blake2b(payload.header, digest_size=16)
-    for b in payload.buffers:
-        h.update(b)
-    return h.hexdigest()
 
 
 def _funcname(fn: Any) -> str:
@@ -258,7 +227,7 @@ class Client:
                 fresh: bool = False) -> Future:
         """``fresh``: ``key`` was made here, unique: no need to look for a conflict."""
         fn_payload = self._function_payload(fn)
-        if any(map(_is_large, args)) or (kwargs and any(map(_is_large, kwargs.values()))):
+        if any(map(is_large, args)) or (kwargs and any(map(is_large, kwargs.values()))):
             # a user's key must name the same computation each time: hash keys then
             args, kwargs = self._put_args(args, kwargs, workers, hash=key is not None)
         args_payload, deps = dumps_task_args(args, kwargs,
@@ -287,7 +256,7 @@ class Client:
             return args, kwargs
 
         def put(v: Any) -> Any:
-            return self.scatter(v, workers=workers, hash=hash) if _is_large(v) else v
+            return self.scatter(v, workers=workers, hash=hash) if is_large(v) else v
         return tuple(map(put, args)), {k: put(v) for k, v in kwargs.items()}
 
     def map(self, fn: Callable, /, *iterables: Iterable, key: str | list | None = None,
@@ -367,7 +336,7 @@ class Client:
         payloads = [dumps(v, oob_threshold=self.config.oob_threshold, what="scattered data")
                     for v in values]
         if keys is None:
-            keys = [f"{type(v).__name__}-{_digest(p) if hash else self._scatter_id()}"
+            keys = [f"{type(v).__name__}-{digest(p) if hash else self._scatter_id()}"
                     for v, p in zip(values, payloads)]
         for k, p in zip(keys, payloads):
             _fits(p, k, self.config.max_frame_bytes)

@@ -18,16 +18,48 @@ The worker connections belong to the loop thread; user threads only wait on futu
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import time
 from typing import Any, Callable
 
 from ..comm.pool import Pool
 from ..comm.protocol import Msg
-from ..comm.serialize import loads
+from ..comm.serialize import Payload, loads
 from ..errors import CommClosedError, FrameTooLargeError, MpnetError, WorkerLostError
 from .actors import binding
+from .futures import Future
 
-__all__ = ["Fetcher"]
+__all__ = ["Fetcher", "DIRECT_PUT_BYTES", "is_large", "digest"]
+
+
+#: a scatter of at least this many bytes (pickled, all values together) goes straight
+#: to the workers; smaller ones ride one request through the scheduler (one round trip
+#: instead of three)
+DIRECT_PUT_BYTES = 1 << 20
+
+
+_PLAIN = frozenset({int, float, str, bool, type(None), complex, Future})
+
+
+def is_large(value: Any) -> bool:
+    """A task argument to put on a worker directly: ``bytes``-like or anything with an
+    ``nbytes`` (numpy arrays and alike), of DIRECT_PUT_BYTES or more. Cheap for the
+    common small arguments: one set lookup."""
+    t = type(value)
+    if t in _PLAIN:
+        return False
+    if t is bytes or t is bytearray:
+        return len(value) >= DIRECT_PUT_BYTES
+    nbytes = getattr(value, "nbytes", None)
+    return type(nbytes) is int and nbytes >= DIRECT_PUT_BYTES
+
+
+def digest(payload: Payload) -> str:
+    """``hash=True``'s key suffix: a digest of the value's pickled bytes."""
+    h = hashlib.blake2b(payload.header, digest_size=16)
+    for b in payload.buffers:
+        h.update(b)
+    return h.hexdigest()
 
 
 def _batches(futures: list, limit: int) -> list[tuple[str, list]]:
