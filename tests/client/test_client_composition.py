@@ -50,7 +50,9 @@ PUBLIC = {
            "timeout: 'float | None' = None, **kwargs: 'Any') -> 'dict'",
     "run_on_scheduler": "(self, fn: 'Callable', /, *args: 'Any', timeout: 'float | None' = "
                         "None, **kwargs: 'Any') -> 'Any'",
-    "scatter": "(self, data: 'Any', workers: 'Iterable[str] | None' = None) -> 'Any'",
+    "scatter": "(self, data: 'Any', workers: 'Iterable[str] | None' = None, "
+               "broadcast: 'bool' = False, hash: 'bool' = False, "
+               "timeout: 'float | None' = None) -> 'Any'",       # docs/data.md
     "scheduler": "property",
     "scheduler_info": "(self, timeout: 'float | None' = None) -> 'dict'",
     "status": "property",
