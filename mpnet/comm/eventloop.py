@@ -107,8 +107,10 @@ class EventLoop:
         # The loop owns every socket registered with it. One that nobody closed by now
         # (a connection still in its handshake when its owner gave up: a dial whose
         # caller stopped waiting) would otherwise be left open for the GC to find.
+        # Only sockets: a bare descriptor that an owner registered (a nanny's pipe and
+        # process sentinel) stays that owner's to close.
         for key in list(self._selector.get_map().values()):
-            if key.fileobj is not self._wake_r:
+            if key.fileobj is not self._wake_r and isinstance(key.fileobj, socket.socket):
                 try:
                     key.fileobj.close()
                 except OSError:

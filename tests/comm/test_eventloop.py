@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from mpnet.comm.eventloop import EventLoop
 
 
@@ -79,3 +81,30 @@ def test_wakeups_are_not_lost_under_contention():
         assert counter[0] == n * threads
     finally:
         loop.close()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_closing_the_loop_leaves_bare_descriptors_to_their_owner():
+    """A registered object that is not a socket (a nanny's pipe or process sentinel,
+    wrapped to give ``fileno()``) is not closed by the loop: its owner closes it."""
+    import os as _os
+    import selectors as _selectors
+
+    from mpnet.comm.eventloop import EventLoop as _Loop
+
+    class Fd:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def fileno(self):
+            return self.fd
+
+    r, w = _os.pipe()
+    try:
+        loop = _Loop("test-fd-loop").start()
+        loop.run_sync(loop.register, Fd(r), _selectors.EVENT_READ, lambda mask: None)
+        loop.close()                 # raised AttributeError ('Fd' has no close) before
+        _os.fstat(r)                 # still open: the owner's to close
+    finally:
+        _os.close(r)
+        _os.close(w)
