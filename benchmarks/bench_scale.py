@@ -170,10 +170,14 @@ def scheduler_tasks(mpnet_scheduler):
     return len(mpnet_scheduler.state.tasks)
 
 
-def wait_idle(client, timeout=120, interval=0.05):
-    """Until the scheduler holds no task (the releases have been digested)."""
+def wait_idle(client, timeout=120, interval=0.05, collect=True):
+    """Until the scheduler holds no task (the releases have been digested).
+
+    ``collect``: a full collection first, so that nothing waits for the collector to
+    be released; not in timed code (no user program calls gc.collect() per batch)."""
     deadline = time.monotonic() + timeout
-    gc.collect()
+    if collect:
+        gc.collect()
     while client.run_on_scheduler(scheduler_tasks):
         if time.monotonic() > deadline:
             raise TimeoutError("the scheduler still holds tasks after the release")
@@ -214,8 +218,61 @@ def profiled(client, path):
         log(f"  profile written to {path}")
 
 
+# --- the garbage collector's share, in this process (gc.callbacks) ----------------------
+class GCTime:
+    """Time spent in collections of this process, by generation, between ``mark()`` calls.
+
+    In a LocalCluster the client and the scheduler share this process, so this is the
+    collector's cost on both sides (the workers' own processes are not counted)."""
+
+    def __init__(self):
+        self.seconds = [0.0, 0.0, 0.0]
+        self.counts = [0, 0, 0]
+        self._t = 0.0
+        self._gen = 0
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._gen, self._t = info["generation"], time.perf_counter()
+        else:
+            self.seconds[self._gen] += time.perf_counter() - self._t
+            self.counts[self._gen] += 1
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+    def mark(self):
+        """(seconds, [young, middle, full] counts) since the last mark; resets."""
+        out = (sum(self.seconds), list(self.counts), list(self.seconds))
+        self.seconds, self.counts = [0.0, 0.0, 0.0], [0, 0, 0]
+        return out
+
+
+class Marks:
+    """What batches_tps calls at the end of each batch: keeps each batch's GCTime."""
+
+    def __init__(self, gct):
+        self.gct, self.taken = gct, []
+
+    def mark(self):
+        self.taken.append(self.gct.mark())
+
+
+def gc_summary(marks):
+    """[(seconds, counts)] of several batches -> a dict for the report (per batch)."""
+    n = len(marks)
+    return {"batches": n, "seconds": sum(m[0] for m in marks) / n,
+            "counts": [sum(m[1][g] for m in marks) / n for g in range(3)],
+            "max_seconds": max(m[0] for m in marks),
+            "seconds_by_generation": [sum(m[2][g] for m in marks) / n for g in range(3)]}
+
+
 # --- part 1: a million tasks ----------------------------------------------------------
-def batches_tps(run_batch, total, batch, drained=None):
+def batches_tps(run_batch, total, batch, drained=None, gc_marks=None):
     """Throughput of ``total`` tasks in batches (each gathered, then dropped).
 
     ``drained()`` (timed too) waits until the last batch's release has been digested:
@@ -230,8 +287,12 @@ def batches_tps(run_batch, total, batch, drained=None):
             raise RuntimeError(f"wrong results in batch at {done}")
         del out
         done += n
+        if gc_marks is not None and done < total:
+            gc_marks.mark()
     if drained is not None:
         drained()
+    if gc_marks is not None:
+        gc_marks.mark()
     return total / (time.perf_counter() - t)
 
 
@@ -241,19 +302,25 @@ def part_tasks(args, tmp):
     res = {"total": total, "batch": batch, "small": small}
     from mpnet import Client, LocalCluster
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+            Client(cluster) as client, GCTime() as gct:
         def mpnet_batch(start, n):
             return client.gather(client.map(noop, range(start, start + n)))
         mpnet_batch(0, 2_000)                                       # warm-up
         wait_idle(client)
         def drained():
-            wait_idle(client, interval=0.002)
-        smalls = []
+            wait_idle(client, interval=0.002, collect=False)
+        smalls, marks = [], Marks(gct)
         for _ in range(small_runs):
-            smalls.append(batches_tps(mpnet_batch, small, small, drained))
+            gct.mark()
+            smalls.append(batches_tps(mpnet_batch, small, small, drained, marks))
         res["mpnet_small_tps"] = statistics.median(smalls)
+        res["gc_small"] = gc_summary(marks.taken)
         log(f"  mpnet {small:,}: {res['mpnet_small_tps']:,.0f}/s; now {total:,} ...")
-        res["mpnet_total_tps"] = batches_tps(mpnet_batch, total, batch, drained)
+        marks = Marks(gct)
+        gct.mark()
+        res["mpnet_total_tps"] = batches_tps(mpnet_batch, total, batch, drained, marks)
+        res["gc_total"] = gc_summary(marks.taken)
+        res["gc_threshold"] = list(gc.get_threshold())
         wait_idle(client)
         if args.profile:        # one more batch, profiled (cProfile slows the loop ~2x)
             with profiled(client, os.path.join(args.profile, "scale_tasks_map.txt")):
@@ -516,6 +583,15 @@ def report(r):
             else:
                 print(f"  {peer:<6} {t['small']:>9,}: {p['small_tps']:>9,.0f} tasks/s; "
                       f"{t['total']:,}: {p['total_tps']:,.0f} tasks/s")
+        for k, n in (("gc_small", t["small"]), ("gc_total", t["batch"])):
+            g = t.get(k)
+            if g:
+                print(f"  GC per {n:,}-task batch (client + scheduler process): "
+                      f"{g['seconds']:.2f} s (max {g['max_seconds']:.2f}), "
+                      f"{g['counts'][0]:.0f} young, {g['counts'][1]:.1f} middle, "
+                      f"{g['counts'][2]:.1f} full collections")
+        if "gc_threshold" in t:
+            print(f"  gc thresholds: {tuple(t['gc_threshold'])}")
         print(f"  {t['total']:,} vs {t['small']:,}: {t['scale_ratio']:.2f}x "
               f"(target >= {TARGET_SCALE}): {verdict(t['scale_ratio'], TARGET_SCALE)}")
         print(f"  (the pool, same batches: {t['pool_total_tps'] / t['pool_small_tps']:.2f}x)")

@@ -75,6 +75,12 @@ class Config:
     #: (0 leaves it alone): the default 700 makes the collector scan the thousands of
     #: live futures and task records over and over; measured in docs/design.md
     gc_threshold: int = 10_000
+    #: ... and the full-collection threshold (Python's third, default 10: a full
+    #: collection after that many middle ones) to at least this (0 leaves it alone). A
+    #: full collection walks every live object: with 100,000 tasks in flight (about 20
+    #: tracked objects each in a LocalCluster's process) it takes about a second, and at
+    #: 10 it ran twice per 100,000-task batch. Measured in benchmarks/README.md ("Scale")
+    gc_full_threshold: int = 100
     # --- supervision -------------------------------------------------------------
     #: a worker silent this long (no heartbeat, socket still open) is declared lost
     worker_ttl: float = 20.0
@@ -167,9 +173,16 @@ def make_config(base: Config | None = None, *, environ: Mapping[str, str] | None
 
 
 def tune_gc(config: Config) -> None:
-    """Raise the generation-0 collection threshold (process-wide) to ``gc_threshold``."""
+    """Raise the collector's thresholds (process-wide) to ``gc_threshold`` (young) and
+    ``gc_full_threshold`` (full); never lowers them, never disables the collector.
+
+    Cyclic garbage is still collected: young cycles (most of them: a task's result, a
+    caught exception's traceback) within ``gc_threshold`` allocations, cycles that
+    outlived two collections within ``gc_threshold * 10 * gc_full_threshold``
+    (tests/test_gc.py checks both in a worker and in the client's process)."""
     import gc
-    if config.gc_threshold:
-        first, second, third = gc.get_threshold()
-        if first < config.gc_threshold:
-            gc.set_threshold(config.gc_threshold, second, third)
+    first, second, third = gc.get_threshold()
+    first = max(first, config.gc_threshold)
+    third = max(third, config.gc_full_threshold)
+    if (first, second, third) != gc.get_threshold():
+        gc.set_threshold(first, second, third)
