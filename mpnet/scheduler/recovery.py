@@ -14,7 +14,7 @@ from typing import Any
 from ..comm.protocol import Msg, running_key
 from .actors import ActorRegistry
 from .placement import Placement
-from .taskstate import ACTIVE, TaskState, WorkerState
+from .taskstate import ACTIVE, EMPTY, TaskState, WorkerState, wait_on
 
 __all__ = ["Recovery"]
 
@@ -171,7 +171,7 @@ class Recovery:
             if dep.state == "ready":           # queued here, not yet sent: wait again
                 st.to(dep, "waiting")
             if dep.state == "waiting":
-                dep.waiting_on.add(ts)
+                wait_on(dep, ts)
         self.recompute(ts)
 
     def recompute(self, ts: TaskState) -> None:
@@ -185,7 +185,7 @@ class Recovery:
 
     def wait_for_inputs(self, ts: TaskState) -> None:
         """``ts`` is waiting: find which inputs it lacks, recomputing lost ones."""
-        ts.waiting_on = set()
+        ts.waiting_on = EMPTY          # a set is made only for an input it lacks
         for dep in ts.dependencies:
             if dep.state == "memory" and dep.who_has:
                 continue
@@ -193,7 +193,7 @@ class Recovery:
                 self.state.lose(ts, "lost",
                                 f"input {dep.key} of {ts.key} is no longer available")
                 return
-            ts.waiting_on.add(dep)
+            wait_on(ts, dep)
             if dep.state in ("released", "memory"):
                 self.recompute(dep)
                 if ts.state != "waiting":

@@ -32,7 +32,7 @@ from .actors import ActorRegistry
 from .monitor import Monitor
 from .placement import Placement
 from .recovery import Recovery
-from .taskstate import ACTIVE, ClientState, TaskState, WorkerState
+from .taskstate import ACTIVE, ClientState, TaskState, WorkerState, depend
 
 __all__ = ["SchedulerState", "TaskState", "WorkerState", "ClientState", "ACTIVE"]
 
@@ -156,8 +156,7 @@ class SchedulerState:
             if dep is None or dep.state == "forgotten":
                 self._cancel_one(ts, f"its dependency {dkey} was cancelled or released")
                 return
-            ts.dependencies.add(dep)
-            dep.dependents.add(ts)
+            depend(ts, dep)
         if any(d.state == "erred" for d in ts.dependencies):
             bad = next(d for d in ts.dependencies if d.state == "erred")
             self.to(ts, "erred")
@@ -232,8 +231,10 @@ class SchedulerState:
         for cs in ts.who_wants:
             self.send(cs, [Msg.TASK_DONE, key, payload, ws.address, nbytes])
         for dep in ts.dependents:
-            dep.waiting_on.discard(ts)
-            if not dep.waiting_on and dep.state == "waiting":
+            waiting = dep.waiting_on
+            if waiting:                # else not made yet (EMPTY: nothing to discard)
+                waiting.discard(ts)
+            if not waiting and dep.state == "waiting":
                 self.make_ready(dep)
         self.maybe_forget(ts)
         self._inputs_done(ts)

@@ -13,13 +13,18 @@ from typing import Any
 
 from ..comm.serialize import Payload
 
-__all__ = ["TaskState", "WorkerState", "ClientState", "ACTIVE", "shared_function"]
+__all__ = ["TaskState", "WorkerState", "ClientState", "ACTIVE", "EMPTY", "shared_function",
+           "depend", "wait_on"]
 
 #: states in which a task still needs its inputs
 ACTIVE = frozenset({"waiting", "ready", "processing"})
 
-# Since Python 3.10 every frozenset() is a new 216-byte object: share one.
-_NONE: frozenset = frozenset()
+# Since Python 3.10 every frozenset() is a new 216-byte object: share one. It stands for
+# a set not made yet: the sets that most tasks never fill (a map's tasks have neither
+# inputs nor dependents) start as it, and depend() / wait_on() make the real one on the
+# first add. Reading them (iteration, `in`, len, truth) needs no change; an add, discard
+# or clear must go through those helpers or check for it (a frozenset has none).
+EMPTY: frozenset = frozenset()
 
 #: (kind, header) -> the one Payload kept for that function (see shared_function)
 _FUNCTIONS: dict[tuple, Payload] = {}
@@ -57,11 +62,11 @@ class TaskState:
         self.key = key
         self.state = "waiting"
         self.fn, self.args = shared_function(fn), args
-        self.dependencies: set[TaskState] = set()
-        self.dependents: set[TaskState] = set()
-        # Replaced by a set of its own when the task starts waiting for inputs
-        # (Recovery._wait_for_inputs), before anything is added: nothing to make here.
-        self.waiting_on: set[TaskState] | frozenset = _NONE
+        # Made on first use (depend(), wait_on()): 216 bytes and one more object for the
+        # collector to walk, each, for every task of a map that never fills them.
+        self.dependencies: set[TaskState] | frozenset = EMPTY
+        self.dependents: set[TaskState] | frozenset = EMPTY
+        self.waiting_on: set[TaskState] | frozenset = EMPTY
         self.who_has: set[WorkerState] = set()
         self.processing_on: WorkerState | None = None
         self.who_wants: set[ClientState] = set()
@@ -75,7 +80,7 @@ class TaskState:
         self.scattered = False
         self.resources: dict | None = None     # e.g. {"GPU": 1}: held while it runs
         self.restrict: set | None = None       # worker addresses or names it may run on
-        self.inline_to: frozenset = _NONE      # clients that got the value itself
+        self.inline_to: frozenset = EMPTY      # clients that got the value itself
         self.group: Any = None                 # monitor.Group of its function name
         self.started = 0.0                     # time.time() it was sent to a worker
         self.ran_on = ""                       # that worker's address (task stream)
@@ -90,6 +95,23 @@ class TaskState:
 
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"
+
+
+def depend(ts: TaskState, dep: TaskState) -> None:
+    """``ts`` takes ``dep``'s result as an input: both sides' sets, made on first use."""
+    if ts.dependencies is EMPTY:
+        ts.dependencies = set()
+    ts.dependencies.add(dep)
+    if dep.dependents is EMPTY:
+        dep.dependents = set()
+    dep.dependents.add(ts)
+
+
+def wait_on(ts: TaskState, dep: TaskState) -> None:
+    """``ts`` waits for ``dep``'s result (its waiting_on set made on first use)."""
+    if ts.waiting_on is EMPTY:
+        ts.waiting_on = set()
+    ts.waiting_on.add(dep)
 
 
 class WorkerState:
