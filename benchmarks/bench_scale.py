@@ -387,13 +387,39 @@ def _mem_now(trim=False, mpnet_scheduler=None):
 
     import psutil
     gc.collect()
+    out = {}
     if trim:
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except OSError:
             pass
-    return {"traced": tracemalloc.get_traced_memory()[0],
-            "rss": psutil.Process().memory_info().rss}
+        out = _pymalloc()
+    out.update(traced=tracemalloc.get_traced_memory()[0],
+               rss=psutil.Process().memory_info().rss)
+    return out
+
+
+def _pymalloc():
+    """Python's small-object allocator: its arenas (1 MiB each, given back to the OS only
+    when every block in them is free) and the bytes in live blocks, read from
+    ``sys._debugmallocstats()`` (which writes to the C stderr: caught in a file)."""
+    import re
+    import tempfile
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    def number(label):
+        m = re.search(re.escape(label) + r"\s*=\s*([\d,]+)", text)
+        return int(m.group(1).replace(",", "")) if m else 0
+    return {"arenas": number("# arenas allocated current"),
+            "blocks": number("# bytes in allocated blocks")}
 
 
 def _mem_top(path, mpnet_scheduler=None):
@@ -454,6 +480,7 @@ def part_memory(args, tmp):
         # the later ones show whether what the first kept is reused (the allocators'
         # free lists) or grows with every batch (a leak).
         base = client.run_on_scheduler(_mem_now)
+        base_pym = client.run_on_scheduler(_mem_now, True)     # arenas at the start
         rss = [_memory_cycle(client, n, plug) for _ in range(3)]
         # Then Python's own allocations, by tracemalloc started in the scheduler.
         client.run_on_scheduler(_mem_start)
@@ -470,6 +497,9 @@ def part_memory(args, tmp):
     res["rss_after"] = [c["after"]["rss"] for c in rss]
     res["rss_trimmed"] = [c["trimmed"]["rss"] for c in rss]
     res["rss_trimmed_ratio"] = res["rss_trimmed"][0] / base["rss"]
+    res["pymalloc_base"] = {"arenas": base_pym["arenas"], "blocks": base_pym["blocks"]}
+    res["pymalloc_trimmed"] = [{"arenas": c["trimmed"].get("arenas", 0),
+                                "blocks": c["trimmed"].get("blocks", 0)} for c in rss]
     return res
 
 
@@ -611,6 +641,13 @@ def report(r):
               f"malloc_trim) vs {m['rss_base'] / 1e6:.1f} MB at the start = "
               f"{m['rss_trimmed_ratio']:.2f}x (target <= {TARGET_MEMORY_BACK}): "
               f"{verdict(m['rss_trimmed_ratio'], TARGET_MEMORY_BACK, False)}")
+        if m.get("pymalloc_base"):
+            b = m["pymalloc_base"]
+            print(f"  pymalloc (after malloc_trim): at the start {b['arenas']} arenas of "
+                  f"1 MiB holding {b['blocks'] / 1e6:.1f} MB of live blocks; after each "
+                  "release: " + ", ".join(f"{p['arenas']} arenas holding "
+                                          f"{p['blocks'] / 1e6:.1f} MB"
+                                          for p in m["pymalloc_trimmed"]))
         later = ", ".join(f"{x / 1e6:.1f} MB" for x in t[1:])
         print(f"  RSS after malloc_trim after each further cycle of {m['n']:,}: {later}: "
               f"{'reused, not grown' if t[-1] <= t[0] * 1.05 else 'GREW'}")
