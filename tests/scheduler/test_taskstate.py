@@ -6,7 +6,7 @@ from mpnet.comm.protocol import FrameDecoder, FrameEncoder, Msg
 from mpnet.comm.serialize import Payload, dumps
 from mpnet.config import make_config
 from mpnet.scheduler.state import SchedulerState
-from mpnet.scheduler.taskstate import TaskState, shared_function
+from mpnet.scheduler.taskstate import EMPTY, TaskState, shared_function
 
 
 def _over_the_wire(*payloads: Payload) -> list:
@@ -50,3 +50,25 @@ def test_failed_on_and_waiting_on_behave_as_before():
     assert ts.failed_on == ["tcp://w:1 (exit 9)"]
     other = TaskState("j", None, None, (0, 1), 0)
     assert other.failed_on == []       # one list per task, not a shared one
+
+
+def test_sets_a_task_never_fills_are_not_made_and_graphs_still_run():
+    """A map's tasks keep the one shared empty set for their inputs, dependents and
+    waits; a graph's tasks get sets of their own on the first add."""
+    state = SchedulerState(make_config())
+    ws = state.add_worker("tcp://w:1", nthreads=1)
+    cs = state.add_client("c")
+    for key in ("x", "y", "z"):
+        state.submit(cs, key, dumps(len), dumps(key), [])
+    x, y = state.tasks["x"], state.tasks["y"]
+    assert x.dependencies is x.dependents is x.waiting_on is y.dependencies is EMPTY
+    state.submit(cs, "sum", dumps(sum), dumps(0), ["x", "y"])
+    total = state.tasks["sum"]
+    assert total.dependencies == {x, y} and x.dependents == {total} == y.dependents
+    assert total.waiting_on == {x, y} and x.waiting_on is EMPTY
+    assert total.dependencies is not total.waiting_on
+    state.take_outbox()
+    for key in ("x", "y"):
+        state.task_finished(ws, key, None, 8)
+    assert total.state in ("ready", "processing") and not total.waiting_on
+    assert state.tasks["z"].dependents is EMPTY
