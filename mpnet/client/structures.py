@@ -54,7 +54,9 @@ class ClientExecutor(cf.Executor):
             fut = self.client.submit(bind(fn, args, kwargs), **self._kwargs)
         with self._lock:
             self._pending.add(fut)
-        fut.add_done_callback(self._done)
+        # mpnet's own bookkeeping, not user code: it runs where the future completes
+        # (a set discard), so a result is let go as soon as it is read
+        cf.Future.add_done_callback(fut, self._done)
         return fut
 
     def _done(self, fut: cf.Future) -> None:
