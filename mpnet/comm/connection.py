@@ -9,7 +9,16 @@ A :class:`Connection` lives in two phases:
    received batch goes to the owner's ``handler(conn, message)``; ``REPLY`` messages
    resolve the futures that :meth:`Connection.request` handed out.
 
-All methods run on the loop thread unless their name ends in ``_threadsafe``.
+All methods run on the loop thread unless their name ends in ``_threadsafe``, and
+:meth:`Connection.send_direct`, which any thread may call: from a thread other than the
+loop's, when nothing is waiting to go out, that thread writes the frame itself (one
+``sendmsg``, no wake-up of the loop); otherwise the message joins the loop's batch.
+
+Lock rule: ``_wlock`` guards the outgoing side (``_out``, ``_wbuf``, the socket's writes
+and its close); it is held only around list operations and a non-blocking ``sendmsg``.
+The loop thread takes it too, so a direct write never interleaves with a flush. Order is
+kept: a direct write happens only when ``_out`` and ``_wbuf`` are both empty, and whatever
+a direct write could not finish goes to ``_wbuf`` ahead of anything queued later.
 :func:`mpnet.comm.endpoints.connect` dials (retrying while nothing listens yet) and
 :class:`mpnet.comm.endpoints.Listener` accepts.
 For ``tls://`` addresses both hand the socket to :mod:`mpnet.comm.tls`, whose
@@ -22,6 +31,7 @@ import itertools
 import logging
 import selectors
 import socket
+import threading
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -41,14 +51,31 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _RECV_SIZE = 256 * 1024
 _IOV_MAX = 512
+_AGAIN = object()      # the kernel's buffer is full: wait for EVENT_WRITE
 _DIRECT_READS = 64
 # Starts the error text of a REPLY whose value was over max_frame_bytes: the asker raises
 # FrameTooLargeError (and may ask for less), not a generic error.
 _TOO_LARGE = "FrameTooLargeError: "
+# One encoder per thread for direct sends (an encoder keeps state while it encodes).
+_encoders = threading.local()
+
+
+def _thread_encoder(oob_threshold: int) -> FrameEncoder:
+    cache = getattr(_encoders, "by_threshold", None)
+    if cache is None:
+        cache = _encoders.by_threshold = {}
+    enc = cache.get(oob_threshold)
+    if enc is None:
+        enc = cache[oob_threshold] = FrameEncoder(oob_threshold)
+    return enc
 
 
 class Connection:
     """One socket, its handshake, its outgoing batch and its pending requests."""
+
+    #: whether a thread other than the loop's may write to the socket itself
+    #: (TLS may not: an SSL object must not read and write in two threads at once)
+    direct_writes = True
 
     def __init__(self, loop: EventLoop, sock: socket.socket, *, server: bool, config: Config,
                  token: str | None, role: str, info: dict, peer: str,
@@ -77,6 +104,7 @@ class Connection:
         self._encoder = FrameEncoder(config.oob_threshold)
         self._out: list = []
         self._wbuf: list[memoryview] = []
+        self._wlock = threading.Lock()    # see "Lock rule" above
         self._close_when_flushed = False
         self._pending: dict[int, Future] = {}
         self._req_ids = itertools.count(1)
@@ -111,6 +139,68 @@ class Connection:
     def send_threadsafe(self, msg: list) -> None:
         self.loop.call_soon_threadsafe(self.send, msg)
 
+    def send_direct(self, msg: list) -> None:
+        """Any thread: send ``msg``, in order with what was sent before. On the loop
+        thread this is :meth:`send` (batched). From another thread, when nothing is
+        queued or half-written, the frame is written here with one ``sendmsg``; what
+        the kernel does not take goes to the loop (which arms EVENT_WRITE). Otherwise
+        (or for a frame over ``max_frame_bytes``, which the loop splits) the message
+        joins the loop's next batch. Dropped, as by :meth:`send`, unless open."""
+        if not self.direct_writes or self.loop.in_loop_thread():
+            if self.loop.in_loop_thread():
+                self.send(msg)
+            else:
+                self.loop.call_soon_threadsafe(self.send, msg)
+            return
+        pieces = None
+        if not self._out and not self._wbuf:    # (a hint only: checked again below)
+            try:
+                pieces = _thread_encoder(self.config.oob_threshold).encode([msg])
+            except Exception:      # the loop's path reports it and closes
+                pieces = None
+            if pieces is not None and (len(pieces) > _IOV_MAX or sum(
+                    memoryview(p).nbytes for p in pieces) > self.config.max_frame_bytes):
+                pieces = None
+        error = None
+        with self._wlock:
+            if self.state != "open":
+                return
+            if pieces is None or self._out or self._wbuf:
+                if not self._out:
+                    self.loop.call_soon_threadsafe(self.loop.mark_dirty, self)
+                self._out.append(msg)
+                return
+            try:
+                sent = self.sock.sendmsg(pieces)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                error = CommClosedError(f"connection to {self.peer} broke: {e}")
+            if error is None:
+                self._keep_unsent(pieces, sent)
+                if not self._wbuf:
+                    return
+        if error is not None:
+            self.loop.call_soon_threadsafe(self.close, error)
+        else:
+            self.loop.call_soon_threadsafe(self._arm_write)
+
+    def _keep_unsent(self, pieces: list, sent: int) -> None:
+        """Under ``_wlock``: what ``sendmsg`` did not take of ``pieces`` waits in _wbuf."""
+        total = 0
+        for p in pieces:
+            view = memoryview(p).cast("B")
+            if sent >= total + view.nbytes:
+                total += view.nbytes
+                continue
+            self._wbuf.append(view[max(0, sent - total):])
+            total += view.nbytes
+
+    def _arm_write(self) -> None:
+        """Loop thread: a direct write left bytes in _wbuf; the loop writes the rest."""
+        if self.state != "closed" and self._wbuf:
+            self.loop.modify(self.sock, _READ | _WRITE, self._on_event)
+
     def request(self, *msg: Any) -> Future:
         """Send ``[type, req_id, *fields]``; the future gets the REPLY's value."""
         fut: Future = Future()
@@ -128,7 +218,8 @@ class Connection:
     def flush(self) -> None:
         if not self._out or self.state == "closed":
             return
-        messages, self._out = self._out, []
+        with self._wlock:
+            messages, self._out = self._out, []
         try:
             pieces = self._encoder.encode(messages)
         except Exception as e:
@@ -179,38 +270,51 @@ class Connection:
         self._write([data])
 
     def _write(self, pieces: list) -> None:
-        if self._wbuf:
-            self._wbuf.extend(memoryview(p).cast("B") for p in pieces)
+        error = None
+        with self._wlock:
+            if self._wbuf:
+                # (armed already, or a direct write's _arm_write is on its way)
+                self._wbuf.extend(memoryview(p).cast("B") for p in pieces)
+                return
+            try:
+                sent = self.sock.sendmsg(pieces) if len(pieces) <= _IOV_MAX else 0
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                error = e
+            else:
+                self._keep_unsent(pieces, sent)
+        if error is not None:
+            self.close(CommClosedError(f"connection to {self.peer} broke: {error}"))
             return
-        try:
-            sent = self.sock.sendmsg(pieces) if len(pieces) <= _IOV_MAX else 0
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as e:
-            self.close(CommClosedError(f"connection to {self.peer} broke: {e}"))
-            return
-        total = 0
-        for p in pieces:
-            view = memoryview(p).cast("B")
-            if sent >= total + view.nbytes:
-                total += view.nbytes
-                continue
-            self._wbuf.append(view[max(0, sent - total):])
-            total += view.nbytes
         if self._wbuf:
             self.loop.modify(self.sock, _READ | _WRITE, self._on_event)
         elif self._close_when_flushed:
             self.close()
 
     def _on_writable(self) -> None:
+        with self._wlock:
+            error = self._write_some()
+            if error is None and self._wbuf:
+                return
+        if error is not None:
+            if error is not _AGAIN:
+                self.close(CommClosedError(f"connection to {self.peer} broke: {error}"))
+            return
+        self.loop.modify(self.sock, _READ, self._on_event)
+        if self._close_when_flushed:
+            self.close()
+
+    def _write_some(self) -> Any:
+        """Under ``_wlock``: write _wbuf until done or the kernel is full (``_AGAIN``);
+        an OSError is returned, not raised."""
         while self._wbuf:
             try:
                 sent = self.sock.sendmsg(self._wbuf[:_IOV_MAX])
             except (BlockingIOError, InterruptedError):
-                return
+                return _AGAIN
             except OSError as e:
-                self.close(CommClosedError(f"connection to {self.peer} broke: {e}"))
-                return
+                return e
             while sent and self._wbuf:
                 head = self._wbuf[0]
                 if sent >= head.nbytes:
@@ -219,9 +323,7 @@ class Connection:
                 else:
                     self._wbuf[0] = head[sent:]
                     sent = 0
-        self.loop.modify(self.sock, _READ, self._on_event)
-        if self._close_when_flushed:
-            self.close()
+        return None
 
     # --- receiving -----------------------------------------------------------------
     def _on_event(self, mask: int) -> None:
@@ -390,13 +492,14 @@ class Connection:
         if self._stall_timer is not None:
             self._stall_timer.cancel()
         self.loop.unregister(self.sock)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        # A closed connection may stay referenced a while (by its owner's records, a
-        # pending callback): what it was sending or receiving must not stay with it.
-        self._out, self._wbuf, self._hsbuf = [], [], bytearray()
+        with self._wlock:     # no direct write into a closed (or reused) descriptor
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            # A closed connection may stay referenced a while (by its owner's records, a
+            # pending callback): what it was sending or receiving must not stay with it.
+            self._out, self._wbuf, self._hsbuf = [], [], bytearray()
         self._decoder = FrameDecoder(self.config.max_frame_bytes, self.config.oob_threshold)
         err = exc if isinstance(exc, CommClosedError) else CommClosedError(
             f"connection to {self.peer} closed" + (f": {exc}" if exc else ""))

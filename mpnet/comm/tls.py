@@ -243,6 +243,9 @@ class TLSConnection(Connection):
     be given the very same bytes again, which ``_inflight`` keeps.
     """
 
+    # An SSL object must not write in one thread while the loop reads in another: sends
+    # from other threads go through the loop (Connection.send_direct hops).
+    direct_writes = False
     _tls_open = False
     _inflight: memoryview | None = None
     _send_waits_read = False
