@@ -3,17 +3,32 @@
 ::
 
     loop thread: accept(COMPUTE) ──► (inputs fetched by Transfer) ──► run ──► executor
-    executor thread: unpickle, run, pickle ──► call_soon_threadsafe(finished | failed)
-    loop thread: store the result, send TASK_FINISHED / TASK_FAILED to the scheduler
+    executor thread: unpickle, run, pickle ──► ended.append(outcome)
+                     ──► TASK_FINISHED / TASK_FAILED written to the scheduler's socket
+                     ──► call_soon_threadsafe(drain)
+    loop thread: drain: store the result, free the inputs (or, for a task freed while
+                 it ran, TASK_RELEASED)
 
 Owns the table of tasks and the bookkeeping of which stored keys the scheduler placed
 here (``owned``) and which fetched inputs local tasks still use (``borrowed``). Every
 method runs on the loop thread except :meth:`TaskRunner._execute` (an executor thread).
-The worker gives it a way to reach the scheduler (``send``) and nothing else of its own.
+The worker gives it a way to reach the scheduler (``send``, and ``send_direct`` from
+any thread) and nothing else of its own.
+
+Ordering of a task's end (why the executor thread may send before the loop stores):
+the outcome is appended to ``ended`` *before* the message leaves, and the worker calls
+:meth:`TaskRunner.drain` before it serves any message. Whatever the scheduler or a peer
+sends because of TASK_FINISHED (a FREE, a GET_DATA of the key, a dependent's COMPUTE,
+a TRY_CANCEL) is read after the message left, so it finds the outcome applied. A FREE
+that wins the race against the end (the loop freed the task while it ran) is seen by
+``drain``: the value is dropped and TASK_RELEASED sent, as for any freed task (the
+scheduler takes TASK_FINISHED of a freed task as its end too; a second end is ignored).
+Only the loop thread touches ``tasks``, ``owned``, ``borrowed`` and the store's keys.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Any, Callable
 
@@ -65,9 +80,12 @@ class TaskRunner:
 
     def __init__(self, owner: Any, loop: Any, config: Any, store: DataStore,
                  executor: Executor, send: Callable[[list], None], plugins: dict,
-                 stopped: threading.Event):
+                 stopped: threading.Event, link: Callable[[], Any] = lambda: None):
         self.owner, self.loop, self.config = owner, loop, config
         self.store, self.executor, self.send = store, executor, send
+        self._link = link      # the scheduler link now (its connection: send_direct)
+        #: outcomes sent by executor threads, not yet applied by the loop (see top)
+        self.ended: collections.deque = collections.deque()
         self.plugins = plugins
         self.stopped = stopped
         self.tasks: dict[str, _Task] = {}
@@ -122,9 +140,40 @@ class TaskRunner:
                                                   self.config.max_frame_bytes)
         except BaseException as e:   # the task's own failure, reported to its caller
             exc, tb = dumps_exception(e, oob_threshold=self.config.oob_threshold)
-            self.loop.call_soon_threadsafe(self._failed, task, exc, tb)
+            self._ended(task, None, None, [Msg.TASK_FAILED, task.key, exc, tb])
             return
-        self.loop.call_soon_threadsafe(self._finished, task, value, payload)
+        nbytes = payload.nbytes
+        inline = payload if nbytes <= self.config.inline_result_bytes else None
+        self._ended(task, value, payload, [Msg.TASK_FINISHED, task.key, inline, nbytes])
+
+    def _ended(self, task: _Task, value: Any, payload: Payload | None, msg: list) -> None:
+        """Executor thread: record the outcome, then tell the scheduler (order: see top)."""
+        if self.tasks.get(task.key) is not task:   # freed while it ran: drain says so
+            self.ended.append((task, None, None, None))
+        else:
+            self.ended.append((task, value, payload, msg))
+            self.send_direct(msg)
+        self.loop.call_soon_threadsafe(self.drain)
+
+    def send_direct(self, msg: list) -> None:
+        """Any thread: to the scheduler, written by this thread when the link's
+        connection allows it (Connection.send_direct), else through the loop."""
+        link = self._link()
+        conn = getattr(link, "conn", None)
+        if conn is not None and conn.state == "open" and hasattr(conn, "send_direct"):
+            conn.send_direct(msg)
+        else:
+            self.loop.call_soon_threadsafe(self.send, msg)
+
+    def drain(self) -> None:
+        """Loop thread: apply the outcomes the executor threads have sent."""
+        ended = self.ended
+        while ended:
+            task, value, payload, msg = ended.popleft()
+            if msg is None or msg[0] == Msg.TASK_FAILED:
+                self._failed(task)
+            else:
+                self._finished(task, value, payload)
 
     def release_inputs(self, task: _Task) -> None:
         for dep in task.deps:
@@ -144,18 +193,14 @@ class TaskRunner:
         self.release_inputs(task)
         self.store.put(task.key, value, payload)
         self.owned.add(task.key)
-        nbytes = payload.nbytes
-        inline = payload if nbytes <= self.config.inline_result_bytes else None
-        self.send([Msg.TASK_FINISHED, task.key, inline, nbytes])
         self.transition(task.key, "ready", "memory")
 
-    def _failed(self, task: _Task, exc: Payload, tb: str) -> None:
+    def _failed(self, task: _Task) -> None:
         if self.tasks.get(task.key) is not task:
             self.ended_freed(task)
             return
         del self.tasks[task.key]
         self.release_inputs(task)
-        self.send([Msg.TASK_FAILED, task.key, exc, tb])
         self.transition(task.key, "ready", "error")
 
     def ended_freed(self, task: _Task) -> None:
@@ -179,3 +224,4 @@ class TaskRunner:
 
     def clear(self) -> None:
         self.tasks.clear()
+        self.ended.clear()

@@ -5,7 +5,7 @@
     scheduler ──COMPUTE──► loop thread ──► TaskRunner ──(inputs here?)──► executor threads
                               │              │ no: Transfer fetches them (GET_DATA)   │
     peers, clients ◄─GET_DATA─┤ Transfer     │                                         │
-    scheduler ◄─TASK_FINISHED (result inline when small) ◄── call_soon_threadsafe ────┘
+    scheduler ◄─TASK_FINISHED (result inline when small) ◄── the executor thread ─────┘
     callers ◄──ACTOR_RESULT── ActorHost (one mailbox and thread(s) per actor)
 
 The loop thread owns every socket; executor and actor threads only unpickle, run and
@@ -140,7 +140,8 @@ class Worker:
         self._stopped = threading.Event()       # the loop side has shut down
         self._closed = threading.Event()        # everything is joined and freed
         self.runner = TaskRunner(self, self.loop, self.config, self.store, self.executor,
-                                 self._send_scheduler, self.plugins, self._stopped)
+                                 self._send_scheduler, self.plugins, self._stopped,
+                                 link=lambda: self.scheduler)
         self.transfer = Transfer(self, self.runner, loop=self.loop, config=self.config,
                                  token=self.token)
         self.actor_host = ActorHost(self, self.loop, self._send_scheduler,
@@ -192,7 +193,7 @@ class Worker:
         try:
             self.listener = listen_on_any(self.port, lambda port: Listener(
                 self.loop, self.host, port, config=self.config, token=self.token,
-                role="worker", info={}, handler=self.peers.dispatch,
+                role="worker", info={}, handler=self._dispatch_peer,
                 on_open=self.peers.opened, on_close=self.peers.closed,
                 scheme=address_scheme(self.scheduler_address) or None))
             shown = advertised_host(self.host, self.scheduler_address)
@@ -211,7 +212,7 @@ class Worker:
                                     handler=self.peers.dispatch))
             self.scheduler = Link(
                 self.loop, self.scheduler_address, config=self.config, token=self.token,
-                role="worker", info={"address": self.address}, handler=self.orders.dispatch,
+                role="worker", info={"address": self.address}, handler=self._dispatch,
                 register=self._register, name=f"worker {self.address}",
                 on_lost=self._scheduler_lost, on_restored=self._scheduler_back,
                 on_gave_up=self._scheduler_gone)
@@ -401,6 +402,16 @@ class Worker:
         self.loop.call_later(self.config.memory_interval, self._watch_memory)
 
     # --- dispatch ------------------------------------------------------------------
+    def _dispatch(self, conn: Connection, msg: list) -> None:
+        if self.runner.ended:     # tasks that ended first (tasks.py: ordering)
+            self.runner.drain()
+        self.orders.dispatch(conn, msg)
+
+    def _dispatch_peer(self, conn: Connection, msg: list) -> None:
+        if self.runner.ended:
+            self.runner.drain()
+        self.peers.dispatch(conn, msg)
+
     def _send_scheduler(self, msg: list) -> None:
         if self.scheduler is not None:
             self.scheduler.send(msg)
