@@ -3,7 +3,12 @@
 ::
 
     caller ──ACTOR_CALL──► worker loop ──► mailbox (queue) ──► actor thread(s)
-    caller ◄─ACTOR_RESULT── worker loop ◄── call_soon_threadsafe ◄──┘
+    caller ◄──────────────ACTOR_RESULT (written by the actor's thread) ◄──┘
+
+The actor's thread writes its answer to the caller's socket itself
+(``Connection.send_direct``: no hop through the loop). ``_Hosted.lock`` guards the calls
+still to be answered (``pending``): whoever removes a call from it answers it, the
+actor's thread with the result or the loop (``drop``) with ActorDiedError, never both.
 
 - ``max_concurrency=1`` (default): one thread, ``mpnet-actor-<name>``, runs the calls in
   the order they arrived, so one caller's calls run in the order it made them.
@@ -78,8 +83,9 @@ class _Hosted:
         self.host, self.key = host, key
         self.context = ActorContext(host, key, name, restarted)
         self.mailbox: queue.SimpleQueue = queue.SimpleQueue()
-        #: calls accepted and not yet answered, (connection, call id) → True; loop thread
+        #: calls accepted and not yet answered, (connection, call id) → True
         self.pending: dict[tuple, bool] = {}
+        self.lock = threading.Lock()      # guards pending (see the top of the module)
         self.running = 0                  # its threads still alive (loop thread's count)
         self.dropped = False
         self.instance: Any = None
@@ -220,10 +226,17 @@ class _Hosted:
         self.notify()
 
 
-def _answer(pending: dict, token: tuple, msg: list) -> None:
-    """Loop thread: send a call's answer, unless a kill answered it already."""
-    if pending.pop(token, None) is not None:
-        token[0].send(msg)
+def _answer(hosted: "_Hosted", token: tuple, msg: list) -> None:
+    """Any thread: send a call's answer, unless a kill answered it already."""
+    with hosted.lock:
+        if hosted.pending.pop(token, None) is None:
+            return
+    conn = token[0]
+    send = getattr(conn, "send_direct", None)
+    if send is not None:
+        send(msg)
+    else:        # a link that only its loop may use
+        hosted.host.loop.call_soon_threadsafe(conn.send, msg)
 
 
 class ActorHost:
@@ -295,12 +308,12 @@ class ActorHost:
             conn.send([Msg.ACTOR_RESULT, call_id, False, None,
                        f"actor {key} does not live on {self._address()} (any more)"])
             return
-        loop, answer, pending, token = self.loop, _answer, hosted.pending, (conn, call_id)
-        pending[token] = True
+        token = (conn, call_id)
+        with hosted.lock:
+            hosted.pending[token] = True
 
         def reply(ok: bool, value: Any, tb: str) -> None:
-            loop.call_soon_threadsafe(answer, pending, token,
-                                      [Msg.ACTOR_RESULT, call_id, ok, value, tb])
+            _answer(hosted, token, [Msg.ACTOR_RESULT, call_id, ok, value, tb])
         hosted.mailbox.put((reply, method, args, kwargs, kind))
         if hosted.is_async:
             hosted.notify()
@@ -314,13 +327,14 @@ class ActorHost:
             log.info("actor %s dropped: %s", key, reason)
             hosted.dropped = True
             hosted.stop()
-            if hosted.pending:
+            with hosted.lock:
+                pending, hosted.pending = list(hosted.pending), {}
+            if pending:
                 exc, tb = dumps_exception(ActorDiedError(
                     f"actor {key} was stopped ({reason}) before this call finished: it may "
                     "have run in part, or not at all"))
-                for conn, call_id in hosted.pending:
+                for conn, call_id in pending:
                     conn.send([Msg.ACTOR_RESULT, call_id, False, exc, tb])
-                hosted.pending.clear()
             self._dropped.append(hosted)
             if not hosted.running:
                 self.send_scheduler([Msg.ACTOR_STOPPED, key])
