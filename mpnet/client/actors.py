@@ -178,7 +178,7 @@ class ActorCaller:
         self._ready: dict[str, Connection] = {}   # address → its open connection
         self._closed = False
         # direct connections to hosting workers; a close means the host probably died
-        self._role = Role("actor caller", {Msg.ACTOR_RESULT: self._result})
+        self._role = Role("actor caller", {Msg.ACTOR_RESULT: self._on_result})
         self._conns = Pool(loop, config=config, token=token, role="caller", info=info,
                            handler=self._role.dispatch,
                            on_close=lambda address, conn, exc: self._worker_gone(address))
@@ -306,7 +306,8 @@ class ActorCaller:
             conn.send([Msg.ACTOR_CALL, call_id, call.key, call.method, call.args,
                        call.kwargs, call.kind])
 
-    def _result(self, conn: Connection, call_id: int, ok: bool, value: Any, tb: str) -> None:
+    def _on_result(self, conn: Connection, call_id: int, ok: bool, value: Any,
+                   tb: str) -> None:
         """ACTOR_RESULT (checked by the role): the value stays pickled until read."""
         with self._lock:
             entry = self._inflight.pop(call_id, None)
