@@ -3,8 +3,9 @@
 ::
 
     handle.incr(5) ── any thread ──► ActorCaller.call
-        address and connection known, nothing of this actor on its way through the
-        loop ─► the calling thread writes ACTOR_CALL itself (Connection.send_direct)
+        address and connection known, no call in flight, nothing of this actor on its
+        way through the loop ─► the calling thread writes ACTOR_CALL itself
+        (Connection.send_direct)
         else ─► loop thread: address known?  yes ─► ACTOR_CALL on a direct connection
                                              no  ─► LOOKUP_ACTOR to the scheduler
                          (answered once the actor is up), then every call queued for
@@ -196,7 +197,10 @@ class ActorCaller:
             return fut
         with self._lock:
             conn = None
-            if not self._unsent.get(key) and not self._closed:
+            # Only while no call is in flight: a call made alone (latency) is written
+            # here; a burst of calls goes through the loop, which batches them into
+            # few frames (throughput).
+            if not self._inflight and not self._unsent.get(key) and not self._closed:
                 address = self._where.get(key)
                 conn = self._ready.get(address) if address is not None else None
             if conn is not None and conn.state == "open":

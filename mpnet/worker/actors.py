@@ -6,7 +6,8 @@
     caller ◄──────────────ACTOR_RESULT (written by the actor's thread) ◄──┘
 
 The actor's thread writes its answer to the caller's socket itself
-(``Connection.send_direct``: no hop through the loop). ``_Hosted.lock`` guards the calls
+(``Connection.send_direct``: no hop through the loop) when no other call waits in the
+mailbox; under a burst of calls the loop batches the answers into few frames. ``_Hosted.lock`` guards the calls
 still to be answered (``pending``): whoever removes a call from it answers it, the
 actor's thread with the result or the loop (``drop``) with ActorDiedError, never both.
 
@@ -233,9 +234,9 @@ def _answer(hosted: "_Hosted", token: tuple, msg: list) -> None:
             return
     conn = token[0]
     send = getattr(conn, "send_direct", None)
-    if send is not None:
+    if send is not None and hosted.mailbox.empty():
         send(msg)
-    else:        # a link that only its loop may use
+    else:        # more calls wait (the loop batches their answers), or a loop-only link
         hosted.host.loop.call_soon_threadsafe(conn.send, msg)
 
 

@@ -153,7 +153,10 @@ class TaskRunner:
         else:
             self.ended.append((task, value, payload, msg))
             self.send_direct(msg)
-        self.loop.call_soon_threadsafe(self.drain)
+        # No wake-up byte (it was a thread hop per task): the loop drains at its next
+        # turn, which any message to this worker or its heartbeat timer starts, and
+        # before it serves any message (see the top). deque.append is thread-safe.
+        self.loop.call_soon(self.drain)
 
     def send_direct(self, msg: list) -> None:
         """Any thread: to the scheduler, written by this thread when the link's
