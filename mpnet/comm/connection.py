@@ -166,9 +166,10 @@ class Connection:
             if self.state != "open":
                 return
             if pieces is None or self._out or self._wbuf:
-                if not self._out:
+                first = not self._out
+                self._out.append(msg)       # (before the flush is asked for: it may run now)
+                if first:
                     self.loop.call_soon_threadsafe(self.loop.mark_dirty, self)
-                self._out.append(msg)
                 return
             try:
                 sent = self.sock.sendmsg(pieces)
