@@ -15,10 +15,9 @@ loop's, when nothing is waiting to go out, that thread writes the frame itself (
 ``sendmsg``, no wake-up of the loop); otherwise the message joins the loop's batch.
 
 Lock rule: ``_wlock`` guards the outgoing side (``_out``, ``_wbuf``, the socket's writes
-and its close); it is held only around list operations and a non-blocking ``sendmsg``.
-The loop thread takes it too, so a direct write never interleaves with a flush. Order is
-kept: a direct write happens only when ``_out`` and ``_wbuf`` are both empty, and whatever
-a direct write could not finish goes to ``_wbuf`` ahead of anything queued later.
+and its close), held only around list operations and a non-blocking ``sendmsg``, by the
+loop too. A direct write happens only when ``_out`` and ``_wbuf`` are empty; its unsent
+rest goes to ``_wbuf`` ahead of anything later, so order is kept.
 :func:`mpnet.comm.endpoints.connect` dials (retrying while nothing listens yet) and
 :class:`mpnet.comm.endpoints.Listener` accepts.
 For ``tls://`` addresses both hand the socket to :mod:`mpnet.comm.tls`, whose
@@ -51,7 +50,6 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _RECV_SIZE = 256 * 1024
 _IOV_MAX = 512
-_AGAIN = object()      # the kernel's buffer is full: wait for EVENT_WRITE
 _DIRECT_READS = 64
 # Starts the error text of a REPLY whose value was over max_frame_bytes: the asker raises
 # FrameTooLargeError (and may ask for less), not a generic error.
@@ -61,13 +59,10 @@ _encoders = threading.local()
 
 
 def _thread_encoder(oob_threshold: int) -> FrameEncoder:
-    cache = getattr(_encoders, "by_threshold", None)
-    if cache is None:
-        cache = _encoders.by_threshold = {}
+    cache = _encoders.__dict__.setdefault("by_threshold", {})
     enc = cache.get(oob_threshold)
-    if enc is None:
-        enc = cache[oob_threshold] = FrameEncoder(oob_threshold)
-    return enc
+    return enc if enc is not None else cache.setdefault(oob_threshold,
+                                                        FrameEncoder(oob_threshold))
 
 
 class Connection:
@@ -146,22 +141,17 @@ class Connection:
         the kernel does not take goes to the loop (which arms EVENT_WRITE). Otherwise
         (or for a frame over ``max_frame_bytes``, which the loop splits) the message
         joins the loop's next batch. Dropped, as by :meth:`send`, unless open."""
-        if not self.direct_writes or self.loop.in_loop_thread():
-            if self.loop.in_loop_thread():
-                self.send(msg)
-            else:
-                self.loop.call_soon_threadsafe(self.send, msg)
-            return
+        if self.loop.in_loop_thread():
+            return self.send(msg)
         pieces = None
-        if not self._out and not self._wbuf:    # (a hint only: checked again below)
+        if self.direct_writes and not self._out and not self._wbuf:   # (a hint only)
             try:
                 pieces = _thread_encoder(self.config.oob_threshold).encode([msg])
             except Exception:      # the loop's path reports it and closes
-                pieces = None
+                pass
             if pieces is not None and (len(pieces) > _IOV_MAX or sum(
                     memoryview(p).nbytes for p in pieces) > self.config.max_frame_bytes):
                 pieces = None
-        error = None
         with self._wlock:
             if self.state != "open":
                 return
@@ -172,19 +162,15 @@ class Connection:
                     self.loop.call_soon_threadsafe(self.loop.mark_dirty, self)
                 return
             try:
-                sent = self.sock.sendmsg(pieces)
+                self._keep_unsent(pieces, self.sock.sendmsg(pieces))
             except (BlockingIOError, InterruptedError):
-                sent = 0
+                self._keep_unsent(pieces, 0)
             except OSError as e:
-                error = CommClosedError(f"connection to {self.peer} broke: {e}")
-            if error is None:
-                self._keep_unsent(pieces, sent)
-                if not self._wbuf:
-                    return
-        if error is not None:
-            self.loop.call_soon_threadsafe(self.close, error)
-        else:
-            self.loop.call_soon_threadsafe(self._arm_write)
+                return self.loop.call_soon_threadsafe(self.close, CommClosedError(
+                    f"connection to {self.peer} broke: {e}"))
+            if not self._wbuf:
+                return
+        self.loop.call_soon_threadsafe(self._arm_write)
 
     def _keep_unsent(self, pieces: list, sent: int) -> None:
         """Under ``_wlock``: what ``sendmsg`` did not take of ``pieces`` waits in _wbuf."""
@@ -197,8 +183,7 @@ class Connection:
             self._wbuf.append(view[max(0, sent - total):])
             total += view.nbytes
 
-    def _arm_write(self) -> None:
-        """Loop thread: a direct write left bytes in _wbuf; the loop writes the rest."""
+    def _arm_write(self) -> None:   # a direct write left bytes in _wbuf: the loop sends them
         if self.state != "closed" and self._wbuf:
             self.loop.modify(self.sock, _READ | _WRITE, self._on_event)
 
@@ -294,37 +279,30 @@ class Connection:
             self.close()
 
     def _on_writable(self) -> None:
+        error = None
         with self._wlock:
-            error = self._write_some()
-            if error is None and self._wbuf:
-                return
+            while self._wbuf:
+                try:
+                    sent = self.sock.sendmsg(self._wbuf[:_IOV_MAX])
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    error = e
+                    break
+                while sent and self._wbuf:
+                    head = self._wbuf[0]
+                    if sent >= head.nbytes:
+                        sent -= head.nbytes
+                        self._wbuf.pop(0)
+                    else:
+                        self._wbuf[0] = head[sent:]
+                        sent = 0
         if error is not None:
-            if error is not _AGAIN:
-                self.close(CommClosedError(f"connection to {self.peer} broke: {error}"))
+            self.close(CommClosedError(f"connection to {self.peer} broke: {error}"))
             return
         self.loop.modify(self.sock, _READ, self._on_event)
         if self._close_when_flushed:
             self.close()
-
-    def _write_some(self) -> Any:
-        """Under ``_wlock``: write _wbuf until done or the kernel is full (``_AGAIN``);
-        an OSError is returned, not raised."""
-        while self._wbuf:
-            try:
-                sent = self.sock.sendmsg(self._wbuf[:_IOV_MAX])
-            except (BlockingIOError, InterruptedError):
-                return _AGAIN
-            except OSError as e:
-                return e
-            while sent and self._wbuf:
-                head = self._wbuf[0]
-                if sent >= head.nbytes:
-                    sent -= head.nbytes
-                    self._wbuf.pop(0)
-                else:
-                    self._wbuf[0] = head[sent:]
-                    sent = 0
-        return None
 
     # --- receiving -----------------------------------------------------------------
     def _on_event(self, mask: int) -> None:
