@@ -4,10 +4,10 @@
 
     loop thread: accept(COMPUTE) ──► (inputs fetched by Transfer) ──► run ──► executor
     executor thread: unpickle, run, pickle ──► ended.append(outcome)
-                     ──► TASK_FINISHED / TASK_FAILED written to the scheduler's socket
-                     ──► call_soon_threadsafe(drain)
-    loop thread: drain: store the result, free the inputs (or, for a task freed while
-                 it ran, TASK_RELEASED)
+                     ──► TASK_FINISHED / TASK_FAILED (or, for a task freed while it
+                         ran, TASK_RELEASED) written to the scheduler's socket
+                     ──► call_soon(drain): no wake-up, run at the loop's next turn
+    loop thread: drain: store the result, free the inputs
 
 Owns the table of tasks and the bookkeeping of which stored keys the scheduler placed
 here (``owned``) and which fetched inputs local tasks still use (``borrowed``). Every
@@ -22,7 +22,9 @@ sends because of TASK_FINISHED (a FREE, a GET_DATA of the key, a dependent's COM
 a TRY_CANCEL) is read after the message left, so it finds the outcome applied. A FREE
 that wins the race against the end (the loop freed the task while it ran) is seen by
 ``drain``: the value is dropped and TASK_RELEASED sent, as for any freed task (the
-scheduler takes TASK_FINISHED of a freed task as its end too; a second end is ignored).
+scheduler takes TASK_FINISHED of a freed task as its end too, and frees its slot then;
+a second end is ignored). A task seen freed before its end is reported is released by
+its executor thread at once (its slot must not wait for the loop's next turn).
 Only the loop thread touches ``tasks``, ``owned``, ``borrowed`` and the store's keys.
 """
 
@@ -148,8 +150,10 @@ class TaskRunner:
 
     def _ended(self, task: _Task, value: Any, payload: Payload | None, msg: list) -> None:
         """Executor thread: record the outcome, then tell the scheduler (order: see top)."""
-        if self.tasks.get(task.key) is not task:   # freed while it ran: drain says so
+        if self.tasks.get(task.key) is not task:   # freed while it ran
             self.ended.append((task, None, None, None))
+            if not self.stopped.is_set():
+                self.send_direct([Msg.TASK_RELEASED, task.key])
         else:
             self.ended.append((task, value, payload, msg))
             self.send_direct(msg)
@@ -173,7 +177,9 @@ class TaskRunner:
         ended = self.ended
         while ended:
             task, value, payload, msg = ended.popleft()
-            if msg is None or msg[0] == Msg.TASK_FAILED:
+            if msg is None:                # freed, and released by its thread
+                continue
+            if msg[0] == Msg.TASK_FAILED:
                 self._failed(task)
             else:
                 self._finished(task, value, payload)
