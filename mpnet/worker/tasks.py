@@ -12,8 +12,8 @@
 Owns the table of tasks and the bookkeeping of which stored keys the scheduler placed
 here (``owned``) and which fetched inputs local tasks still use (``borrowed``). Every
 method runs on the loop thread except :meth:`TaskRunner._execute` (an executor thread).
-The worker gives it a way to reach the scheduler (``send``, and ``send_direct`` from
-any thread) and nothing else of its own.
+The worker gives it a way to reach the scheduler (``send``; from any thread,
+``send_direct`` writes on the connection of ``owner.scheduler``) and nothing else.
 
 Ordering of a task's end (why the executor thread may send before the loop stores):
 the outcome is appended to ``ended`` *before* the message leaves, and the worker calls
@@ -82,10 +82,9 @@ class TaskRunner:
 
     def __init__(self, owner: Any, loop: Any, config: Any, store: DataStore,
                  executor: Executor, send: Callable[[list], None], plugins: dict,
-                 stopped: threading.Event, link: Callable[[], Any] = lambda: None):
+                 stopped: threading.Event):
         self.owner, self.loop, self.config = owner, loop, config
         self.store, self.executor, self.send = store, executor, send
-        self._link = link      # the scheduler link now (its connection: send_direct)
         #: outcomes sent by executor threads, not yet applied by the loop (see top)
         self.ended: collections.deque = collections.deque()
         self.plugins = plugins
@@ -165,7 +164,7 @@ class TaskRunner:
     def send_direct(self, msg: list) -> None:
         """Any thread: to the scheduler, written by this thread when the link's
         connection allows it (Connection.send_direct), else through the loop."""
-        link = self._link()
+        link = getattr(self.owner, "scheduler", None)    # the worker's link, now
         conn = getattr(link, "conn", None)
         if conn is not None and conn.state == "open" and hasattr(conn, "send_direct"):
             conn.send_direct(msg)

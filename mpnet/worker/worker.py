@@ -8,9 +8,9 @@
     scheduler ◄─TASK_FINISHED (result inline when small) ◄── the executor thread ─────┘
     callers ◄──ACTOR_RESULT── ActorHost (one mailbox and thread(s) per actor)
 
-The loop thread owns every socket; executor and actor threads only unpickle, run and
-pickle. This module wires the parts (tasks.TaskRunner, transfer.Transfer,
-actors.ActorHost) to the sockets: it starts and stops them, routes each message to the
+The loop thread owns every socket; executor and actor threads unpickle, run, pickle and
+write their answers (``Connection.send_direct``). This module wires the parts (TaskRunner,
+Transfer, ActorHost) to the sockets: it starts and stops them, routes each message to the
 part that answers it, and keeps the link to the scheduler (register, heartbeat,
 reconnect). The parts reach the worker only through what they are given.
 
@@ -140,8 +140,7 @@ class Worker:
         self._stopped = threading.Event()       # the loop side has shut down
         self._closed = threading.Event()        # everything is joined and freed
         self.runner = TaskRunner(self, self.loop, self.config, self.store, self.executor,
-                                 self._send_scheduler, self.plugins, self._stopped,
-                                 link=lambda: self.scheduler)
+                                 self._send_scheduler, self.plugins, self._stopped)
         self.transfer = Transfer(self, self.runner, loop=self.loop, config=self.config,
                                  token=self.token)
         self.actor_host = ActorHost(self, self.loop, self._send_scheduler,
@@ -403,13 +402,11 @@ class Worker:
 
     # --- dispatch ------------------------------------------------------------------
     def _dispatch(self, conn: Connection, msg: list) -> None:
-        if self.runner.ended:     # tasks that ended first (tasks.py: ordering)
-            self.runner.drain()
+        self.runner.drain()       # tasks that ended first (tasks.py: ordering)
         self.orders.dispatch(conn, msg)
 
     def _dispatch_peer(self, conn: Connection, msg: list) -> None:
-        if self.runner.ended:
-            self.runner.drain()
+        self.runner.drain()
         self.peers.dispatch(conn, msg)
 
     def _send_scheduler(self, msg: list) -> None:
