@@ -9,10 +9,9 @@
     callers ◄──ACTOR_RESULT── ActorHost (one mailbox and thread(s) per actor)
 
 The loop thread owns every socket; executor and actor threads unpickle, run, pickle and
-write their answers (``Connection.send_direct``). This module wires the parts (TaskRunner,
-Transfer, ActorHost) to the sockets: it starts and stops them, routes each message to the
-part that answers it, and keeps the link to the scheduler (register, heartbeat,
-reconnect). The parts reach the worker only through what they are given.
+write their answers (``Connection.send_direct``). This module wires TaskRunner, Transfer
+and ActorHost to the sockets (start, stop, route each message to its part) and keeps the
+scheduler link; the parts reach the worker only through what they are given.
 
 Threads (docs/design.md, "Threads"): the loop (unless it shares one), the executor's,
 each actor's, one per RUN request (runs.py); :meth:`Worker.close` joins them all.
