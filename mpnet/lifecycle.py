@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 
 from .errors import LifecycleError
 
-__all__ = ["Status", "Lifecycle", "SERVER_MOVES"]
+__all__ = ["Status", "Lifecycle", "SERVER_MOVES", "server_moves"]
 
 
 class Status(str, enum.Enum):
@@ -51,6 +51,15 @@ SERVER_MOVES: Mapping[Status, frozenset] = {
     S.CLOSING: frozenset({S.CLOSED}),
     S.CLOSED: frozenset(),
 }
+
+
+def server_moves(extra: Mapping[Status, Iterable[Status]]) -> dict[Status, frozenset]:
+    """A server's table with ``extra`` moves added to :data:`SERVER_MOVES` (a worker
+    that reconnects, a nanny that restarts its worker)."""
+    table = {state: set(nxt) for state, nxt in SERVER_MOVES.items()}
+    for state, nxt in extra.items():
+        table.setdefault(state, set()).update(nxt)
+    return {state: frozenset(nxt) for state, nxt in table.items()}
 
 
 class Lifecycle:

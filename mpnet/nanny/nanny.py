@@ -37,7 +37,7 @@ from ..config import Config, make_config
 from ..diagnostics import logring
 from ..comm.serialize import loads
 from ..errors import ClusterClosedError, MpnetError
-from ..lifecycle import Lifecycle, Status
+from ..lifecycle import Lifecycle, Status, server_moves
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from .blocking import BlockingWork
@@ -53,15 +53,8 @@ S = Status
 
 #: RUNNING: supervising (its worker process is starting or serving); RESTARTING: the
 #: worker is being replaced on purpose; CLOSING: no restart any more.
-NANNY_MOVES = {
-    S.CREATED: {S.STARTING, S.CLOSING, S.CLOSED},
-    S.STARTING: {S.RUNNING, S.FAILED, S.CLOSING},
-    S.RUNNING: {S.RESTARTING, S.CLOSING},
-    S.RESTARTING: {S.RUNNING, S.CLOSING},
-    S.FAILED: {S.CLOSING, S.CLOSED},
-    S.CLOSING: {S.CLOSED},
-    S.CLOSED: set(),
-}
+NANNY_MOVES = server_moves({S.RUNNING: {S.RESTARTING},
+                            S.RESTARTING: {S.RUNNING, S.CLOSING}})
 _SUPERVISING = (S.RUNNING, S.RESTARTING)
 
 

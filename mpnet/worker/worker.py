@@ -43,7 +43,7 @@ from ..comm.session import Role
 from ..config import Config, make_config
 from ..diagnostics import logring
 from ..errors import ClusterClosedError
-from ..lifecycle import Lifecycle, Status
+from ..lifecycle import Lifecycle, Status, server_moves
 from ..plugins import call_hook, plugin_name
 from ..preload import load_preloads
 from ..versions import get_versions
@@ -65,15 +65,8 @@ S = Status
 
 #: A worker starts once; it may lose its scheduler and find it again; it closes from
 #: any state (FAILED: start() raised, and close() frees what it made).
-WORKER_MOVES = {
-    S.CREATED: {S.STARTING, S.CLOSING, S.CLOSED},
-    S.STARTING: {S.RUNNING, S.FAILED, S.CLOSING},
-    S.RUNNING: {S.RECONNECTING, S.CLOSING},
-    S.RECONNECTING: {S.RUNNING, S.CLOSING},
-    S.FAILED: {S.CLOSING, S.CLOSED},
-    S.CLOSING: {S.CLOSED},
-    S.CLOSED: set(),
-}
+WORKER_MOVES = server_moves({S.RUNNING: {S.RECONNECTING},
+                             S.RECONNECTING: {S.RUNNING, S.CLOSING}})
 
 
 class Worker:
