@@ -263,6 +263,7 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
             return
 
         def on_connected(mask: int) -> None:
+            unanswered.cancel()
             loop.unregister(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if result.done():
@@ -282,7 +283,17 @@ def connect(loop: EventLoop, address: str, *, config: Config, token: str | None,
                     retry(str(e))
                 return
             start_handshake(sock)
+
+        def no_answer() -> None:
+            # A SYN nobody answers (a full accept queue, a host that drops it) would
+            # keep the socket pending for the kernel's two minutes: the deadline wins.
+            loop.unregister(sock)
+            sock.close()
+            if not result.done():
+                give_up(ConnectTimeoutError(f"could not connect to {peer} within "
+                                            f"{timeout}s: nothing answered"))
         loop.register(sock, _WRITE, on_connected)
+        unanswered = loop.call_later(max(0.0, deadline - time.monotonic()), no_answer)
 
     def start_handshake(sock: socket.socket) -> None:
         def opened(conn: Connection) -> None:

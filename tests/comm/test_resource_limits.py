@@ -148,3 +148,40 @@ def test_frame_headers_announcing_huge_bodies_cost_no_memory(scheduler_process, 
         for conn in conns:
             loop.run_sync(conn.close)
         loop.close()
+
+
+def test_a_connect_nobody_answers_gives_up_at_its_deadline():
+    """A listener whose accept queue is full drops new SYNs: the dial must fail at its
+    own timeout, not after the kernel's two minutes of SYN retries."""
+    import socket as _socket
+    import time as _time
+
+    from mpnet.comm.endpoints import connect as _connect
+    from mpnet.comm.eventloop import EventLoop as _Loop
+    from mpnet.config import make_config as _config
+    from mpnet.errors import ConnectTimeoutError as _Timeout
+
+    listener = _socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    loop = _Loop("test-syn-loop").start()
+    try:
+        for _ in range(4):                  # fill the accept queue; never accepted
+            s = _socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        _time.sleep(0.1)
+        t0 = _time.monotonic()
+        fut = _connect(loop, f"tcp://127.0.0.1:{port}", config=_config(), token="x" * 32,
+                       role="client", info={}, handler=lambda c, m: None, timeout=0.5)
+        with pytest.raises(_Timeout, match="nothing answered"):
+            fut.result(timeout=10)
+        assert _time.monotonic() - t0 < 5
+    finally:
+        loop.close()
+        for s in fillers:
+            s.close()
+        listener.close()
