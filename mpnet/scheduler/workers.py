@@ -186,6 +186,12 @@ class NannySession(Session):
         server = self.server
         description = f"pid {pid}, {how}"
         ws = server.state.workers.get(address)
+        if ws is not None and ws.nanny != self.address:
+            # Only a worker's own nanny speaks for its death (any token holder can
+            # register as a nanny: it must not remove others' workers).
+            log.warning("nanny %s reported the exit of worker %s, whose nanny is %s: "
+                        "ignored", self.address, address, ws.nanny or "none")
+            return
         # Gone already (it said GOODBYE) or retiring: a planned exit, not news to warn of.
         planned = ws is None or ws.retiring
         log.log(logging.INFO if planned else logging.WARNING, "worker %s exited: %s",

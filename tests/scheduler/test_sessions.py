@@ -173,6 +173,15 @@ def test_a_worker_whose_link_breaks_is_lost_and_its_task_goes_elsewhere(sched):
     assert any(m[0] == Msg.COMPUTE and m[1] == "k1" for m in w2.sent)
 
 
+def test_a_nanny_speaks_only_for_the_death_of_its_own_worker(sched):
+    _worker(sched, "tcp://w1:1", nanny="tcp://n1:1")
+    own, other = _nanny(sched, "tcp://n1:1"), _nanny(sched, "tcp://n2:1")
+    sched._dispatch(other, [Msg.WORKER_EXITED, "tcp://w1:1", 7, -9, "killed", False, []])
+    assert "tcp://w1:1" in sched.state.workers          # not its worker: ignored
+    sched._dispatch(own, [Msg.WORKER_EXITED, "tcp://w1:1", 7, -9, "killed", False, []])
+    assert "tcp://w1:1" not in sched.state.workers
+
+
 def test_out_of_role_message_closes_only_that_tcp_connection():
     with Scheduler(host="127.0.0.1", port=0, token=TOKEN) as s:
         loop = EventLoop("test-sessions-loop").start()
