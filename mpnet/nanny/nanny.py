@@ -367,6 +367,10 @@ class Nanny:
         if leaving in ("scheduler-gone", "retired") and not planned:
             self._report_exit(address, pid, code, how, restarting=False, running=running)
             log.info("%s: worker %s (pid %s) left: %s", self.id, address, pid, leaving)
+            # Closing from now on, not once the closer thread runs: a restart asked
+            # meanwhile (client.restart() just after a retirement) must not respawn it.
+            if self._life.move(S.CLOSING, only_from=_SUPERVISING):
+                self._begin_close_on_loop()
             self._close_in_background()
             return
         if planned:

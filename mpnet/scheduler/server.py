@@ -16,6 +16,7 @@ scheduler plugins, which a token holder asks for explicitly.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -100,6 +101,9 @@ class Scheduler:
         self.nannies: dict[str, Any] = {}      # nanny address → its NannySession
         self._inproc: set = set()        # server ends of in-process clients' links
         self.restarts: dict[str, int] = {}           # nanny address → worker restarts
+        # Workers lost without a goodbye whose nanny has not reported the exit yet (its
+        # report may come after lost_worker_grace on a loaded machine): still a crash.
+        self.lost_unreported: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.monitoring = Monitoring(self)     # status, task stream, logs, dashboard
         # Each peer's link is bound to a session of its role when it registers; until
         # then only the registrations are served on it (see mpnet.comm.session).
@@ -340,6 +344,10 @@ class Scheduler:
         """``ws`` is gone without a goodbye (its link broke, or it went silent)."""
         if self.state.workers.get(ws.address) is ws:
             log.warning("lost worker %s: %s", ws.address, reason)
+            if ws.nanny:
+                self.lost_unreported[ws.address] = None
+                while len(self.lost_unreported) > 1000:
+                    self.lost_unreported.popitem(last=False)
             self.monitoring.worker_removed(ws.address, reason, ws.name)
             self.state.remove_worker(ws.address, reason)
             call_hook(self.plugins, "remove_worker", self, ws.address)

@@ -192,8 +192,11 @@ class NannySession(Session):
             log.warning("nanny %s reported the exit of worker %s, whose nanny is %s: "
                         "ignored", self.address, address, ws.nanny or "none")
             return
-        # Gone already (it said GOODBYE) or retiring: a planned exit, not news to warn of.
-        planned = ws is None or ws.retiring
+        # Gone already after a GOODBYE, or retiring: a planned exit, not news to warn of.
+        # Gone already because its link broke: a crash whose cause arrives late.
+        lost = address in server.lost_unreported
+        server.lost_unreported.pop(address, None)
+        planned = (ws is None and not lost) or (ws is not None and ws.retiring)
         log.log(logging.INFO if planned else logging.WARNING, "worker %s exited: %s",
                 address, description)
         server.monitoring.worker_exited(self.address, address, description, restarting)

@@ -80,7 +80,16 @@ def test_retire_workers_and_restart_are_info_a_crash_warns():
         client.restart()
         wait_for(lambda: _exited(log, other), timeout=WAIT, what="the restarted worker's exit")
         assert _warnings(log) == [], "a planned exit is not a warning"
-        victim = next(iter(client.scheduler_info()["workers"].values()))
+        # The worker of the nanny still supervising (the retired worker's nanny is
+        # closing; a worker it may have started meanwhile is not this test's subject).
+        def restarted() -> str | None:
+            for n in cluster.workers:
+                if n.status == "running" and n.worker_address in \
+                        client.scheduler_info()["workers"]:
+                    return n.worker_address
+            return None
+        wait_for(restarted, timeout=WAIT, what="the restarted worker")
+        victim = client.scheduler_info()["workers"][restarted()]
         os.kill(victim["pid"], signal.SIGKILL)
         wait_for(lambda: log.at(logging.WARNING, "exited"), timeout=WAIT,
                  what="the crash's warning")

@@ -182,6 +182,20 @@ def test_a_nanny_speaks_only_for_the_death_of_its_own_worker(sched):
     assert "tcp://w1:1" not in sched.state.workers
 
 
+def test_an_exit_reported_after_the_worker_was_lost_still_warns(sched, caplog):
+    """On a loaded machine the nanny's report can come after lost_worker_grace: the
+    worker is gone already, but its exit is a crash, not a planned one."""
+    import logging
+    _worker(sched, "tcp://w1:1", nanny="tcp://n1:1")
+    nanny = _nanny(sched, "tcp://n1:1")
+    sched.lose_worker(sched.state.workers["tcp://w1:1"], "its connection closed")
+    with caplog.at_level(logging.INFO, logger="mpnet.scheduler"):
+        sched._dispatch(nanny, [Msg.WORKER_EXITED, "tcp://w1:1", 7, -9,
+                                "killed by signal 9 (SIGKILL)", True, []])
+    exited = [r for r in caplog.records if "exited" in r.getMessage()]
+    assert [r.levelno for r in exited] == [logging.WARNING]
+
+
 def test_out_of_role_message_closes_only_that_tcp_connection():
     with Scheduler(host="127.0.0.1", port=0, token=TOKEN) as s:
         loop = EventLoop("test-sessions-loop").start()
