@@ -35,7 +35,7 @@ RUNS = [
     ("bench_scale.py", [], ["--quick"]),
 ]
 
-VERDICT = re.compile(r"target|PASS|MISS|MET\b", re.I)
+VERDICT = re.compile(r"target|PASS|MISS|MET\b|/ppe", re.I)
 
 
 def main() -> int:
