@@ -26,7 +26,6 @@ For ``tls://`` addresses both hand the socket to :mod:`mpnet.comm.tls`, whose
 
 from __future__ import annotations
 
-import itertools
 import logging
 import selectors
 import socket
@@ -35,12 +34,13 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from ..config import Config
-from ..errors import (AuthenticationError, CommClosedError, FrameTooLargeError, MpnetError,
+from ..errors import (AuthenticationError, CommClosedError, FrameTooLargeError,
                       ProtocolError)
 from .auth import Handshake
 from .eventloop import EventLoop
 from .protocol import FrameDecoder, FrameEncoder, Msg, decode_handshake, encode_handshake
 from .serialize import dumps_exception
+from .requests import TOO_LARGE, Requests
 
 __all__ = ["Connection"]
 
@@ -53,7 +53,6 @@ _IOV_MAX = 512
 _DIRECT_READS = 64
 # Starts the error text of a REPLY whose value was over max_frame_bytes: the asker raises
 # FrameTooLargeError (and may ask for less), not a generic error.
-_TOO_LARGE = "FrameTooLargeError: "
 # One encoder per thread for direct sends (an encoder keeps state while it encodes).
 _encoders = threading.local()
 
@@ -101,8 +100,7 @@ class Connection:
         self._wbuf: list[memoryview] = []
         self._wlock = threading.Lock()    # see "Lock rule" above
         self._close_when_flushed = False
-        self._pending: dict[int, Future] = {}
-        self._req_ids = itertools.count(1)
+        self._requests = Requests()        # requests waiting for their REPLY
         self._progress = 0
         self._stall_timer = None
         self._received_any = False
@@ -189,14 +187,7 @@ class Connection:
 
     def request(self, *msg: Any) -> Future:
         """Send ``[type, req_id, *fields]``; the future gets the REPLY's value."""
-        fut: Future = Future()
-        if self.state != "open":
-            fut.set_exception(CommClosedError(f"connection to {self.peer} is closed"))
-            return fut
-        req_id = next(self._req_ids)
-        self._pending[req_id] = fut
-        self.send([msg[0], req_id, *msg[1:]])
-        return fut
+        return self._requests.new(self.send, msg, self.state == "open", self.peer)
 
     def reply(self, req_id: int, ok: bool, value: Any) -> None:
         self.send([Msg.REPLY, req_id, ok, value])
@@ -239,15 +230,15 @@ class Connection:
         pieces to send in its place (if any). An answer that never came would hang them."""
         kind = msg[0]
         if kind == Msg.REPLY:                  # the asker gets the error instead
-            return self._encoder.encode([[Msg.REPLY, msg[1], False, _TOO_LARGE + str(err)]])
+            return self._encoder.encode([[Msg.REPLY, msg[1], False, TOO_LARGE + str(err)]])
         if kind == Msg.ACTOR_RESULT:           # the caller's call fails with it
             exc, tb = dumps_exception(err)
             return self._encoder.encode([[Msg.ACTOR_RESULT, msg[1], False, exc, tb]])
         if kind == Msg.ACTOR_CALL:             # answer our own caller, as the host would
             exc, tb = dumps_exception(err)
             self.loop.call_soon(self._deliver, [[Msg.ACTOR_RESULT, msg[1], False, exc, tb]])
-        elif len(msg) > 1 and type(msg[1]) is int and msg[1] in self._pending:
-            self._pending.pop(msg[1]).set_exception(err)
+        elif len(msg) > 1 and type(msg[1]) is int and msg[1] in self._requests:
+            self._requests.fail(msg[1], err)
         elif self.on_too_large is not None:
             self.on_too_large(self, msg, err)
         return []
@@ -372,16 +363,7 @@ class Connection:
     def _on_reply(self, msg: list) -> None:
         if len(msg) != 4 or type(msg[1]) is not int or type(msg[2]) is not bool:
             raise ProtocolError("malformed REPLY")   # (an unhashable id would raise below)
-        fut = self._pending.pop(msg[1], None)
-        if fut is None:
-            return
-        if msg[2]:
-            fut.set_result(msg[3])
-        elif type(msg[3]) is str and msg[3].startswith(_TOO_LARGE):
-            fut.set_exception(FrameTooLargeError(f"{self.peer}: {msg[3][len(_TOO_LARGE):]}"))
-        else:
-            fut.set_exception(msg[3] if isinstance(msg[3], BaseException)
-                              else MpnetError(f"{self.peer}: {msg[3]}"))
+        self._requests.answer(msg, self.peer)
 
     def _arm_stall_timer(self) -> None:
         mark = self._progress
@@ -482,10 +464,7 @@ class Connection:
         self._decoder = FrameDecoder(self.config.max_frame_bytes, self.config.oob_threshold)
         err = exc if isinstance(exc, CommClosedError) else CommClosedError(
             f"connection to {self.peer} closed" + (f": {exc}" if exc else ""))
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(err)
+        self._requests.fail_all(err)
         if not was_open and self.on_fail is not None:
             on_fail, self.on_fail = self.on_fail, None
             on_fail(exc if exc is not None else err)

@@ -27,7 +27,6 @@ dialing, and registers, loses and re-makes them as it does connections.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -36,6 +35,7 @@ from ..errors import AuthenticationError, CommClosedError, MpnetError, ProtocolE
 from .eventloop import EventLoop
 from .protocol import Msg
 from .serialize import Payload
+from .requests import Requests
 
 __all__ = ["Endpoint", "pair", "dialer"]
 
@@ -122,8 +122,7 @@ class Endpoint:
         self._detach = detach            # applied to what this end sends
         self._other: Endpoint | None = None
         self._out: list = []
-        self._pending: dict[int, Future] = {}
-        self._req_ids = itertools.count(1)
+        self._requests = Requests()        # requests waiting for their REPLY
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.peer_role} {self.peer} {self.state}>"
@@ -146,14 +145,7 @@ class Endpoint:
 
     def request(self, *msg: Any) -> Future:
         """Send ``[type, req_id, *fields]``; the future gets the REPLY's value."""
-        fut: Future = Future()
-        if self.state != "open":
-            fut.set_exception(CommClosedError(f"link to {self.peer} is closed"))
-            return fut
-        req_id = next(self._req_ids)
-        self._pending[req_id] = fut
-        self.send([msg[0], req_id, *msg[1:]])
-        return fut
+        return self._requests.new(self.send, msg, self.state == "open", self.peer)
 
     def reply(self, req_id: int, ok: bool, value: Any) -> None:
         self.send([Msg.REPLY, req_id, ok, value])
@@ -192,14 +184,7 @@ class Endpoint:
                 log.exception("error handling message %s from %s", msg[0], self.peer)
 
     def _on_reply(self, msg: list) -> None:
-        fut = self._pending.pop(msg[1], None)
-        if fut is None:
-            return
-        if msg[2]:
-            fut.set_result(msg[3])
-        else:
-            fut.set_exception(msg[3] if isinstance(msg[3], BaseException)
-                              else MpnetError(f"{self.peer}: {msg[3]}"))
+        self._requests.answer(msg, self.peer)
 
     # --- closing -------------------------------------------------------------------
     def close(self, exc: BaseException | None = None) -> None:
@@ -211,10 +196,7 @@ class Endpoint:
         self._out = []
         err = exc if isinstance(exc, CommClosedError) else CommClosedError(
             f"link to {self.peer} closed" + (f": {exc}" if exc else ""))
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(err)
+        self._requests.fail_all(err)
         # The other end closes first, at once: its owner forgets this link (the
         # scheduler drops the client) before ours may make a new one (a client links
         # again under the same id, which must not be dropped by the old link's end).
