@@ -118,7 +118,7 @@ def test_worker_killed_during_a_put_fails_the_scatter_and_leaves_nothing():
         t = threading.Thread(target=put, name="test-put")
         t.start()
         try:
-            wait_for(lambda: conn._pending, what="the put to be on its way")
+            wait_for(lambda: len(conn._requests), what="the put to be on its way")
         finally:
             os.kill(info[b]["pid"], signal.SIGKILL)
         t.join(20)

@@ -31,6 +31,9 @@ class Requests:
         self._pending: dict[int, Future] = {}
         self._ids = itertools.count(1)
 
+    def __len__(self) -> int:
+        return len(self._pending)
+
     def __contains__(self, req_id: object) -> bool:
         return req_id in self._pending
 
